@@ -1,0 +1,30 @@
+"""Packaging for timelapser-workers. Built-in sinks register through the same entry points as
+third-party ones, so `timelapser-workers sinks` lists both the same way."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="timelapser-workers",
+    version="0.1.0",
+    description="Event batching for thread-based workers: blinker signals in, batched sinks out.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["timelapser_workers", "timelapser_workers.*", "sinks", "sinks.*"]),
+    install_requires=[
+        "SQLAlchemy>=2.0,<3",
+        "blinker>=1.6",
+        "tenacity>=8.2",
+    ],
+    extras_require={
+        "postgres": ["psycopg2-binary>=2.9"],
+        "test": ["pytest>=7", "pytest-timeout>=2.1", "psycopg2-binary>=2.9"],
+        "examples": ["Pillow>=10"],
+    },
+    entry_points={
+        "console_scripts": ["timelapser-workers = timelapser_workers.cli:main"],
+        "timelapser_workers.sinks": [
+            "memory = sinks.memory:MemorySink",
+        ],
+    },
+)

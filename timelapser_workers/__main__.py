@@ -1,0 +1,7 @@
+"""`python -m timelapser_workers ...` is the `timelapser-workers` command."""
+
+import sys
+
+from timelapser_workers.cli import main
+
+sys.exit(main())

@@ -1,0 +1,53 @@
+"""Every exception timelapser-workers raises on purpose, in one place.
+
+Sinks raise :class:`TransientSinkError` to ask for a retry and :class:`PermanentSinkError` to
+refuse a batch for good; any other exception from a sink is treated as transient.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "TimelapserError",
+    "SinkError",
+    "TransientSinkError",
+    "PermanentSinkError",
+    "BatcherClosedError",
+    "QueueFullError",
+    "SinkLoadError",
+]
+
+
+class TimelapserError(Exception):
+    """Base class of the library's own errors."""
+
+
+class SinkError(TimelapserError):
+    """A sink could not take a batch."""
+
+
+class TransientSinkError(SinkError):
+    """The batch may succeed if sent again later (connection lost, server busy, deadlock)."""
+
+
+class PermanentSinkError(SinkError):
+    """The batch will never succeed as it is (bad data, constraint, schema); do not retry.
+
+    ``events``, when given, names the events at fault; the rest of the batch may be retried
+    or has already been stored by the sink.
+    """
+
+    def __init__(self, message: str, events: object = None) -> None:
+        super().__init__(message)
+        self.events = events
+
+
+class BatcherClosedError(TimelapserError):
+    """An event was submitted to a batcher that is closing or closed."""
+
+
+class QueueFullError(TimelapserError):
+    """The batcher's queue stayed full for the whole ``block_timeout`` (overflow='block' only)."""
+
+
+class SinkLoadError(TimelapserError, ValueError):
+    """A sink could not be loaded from a URL, a config or an entry point."""

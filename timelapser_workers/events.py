@@ -1,0 +1,295 @@
+"""The Event record, its priorities, the standard event types, and JSON-safe payloads.
+
+An :class:`Event` is built on the producer's thread by :func:`make_event`, which copies the
+payload into plain JSON types (so later changes to the caller's dict cannot leak in, and a bad
+value fails there, naming its key path, instead of poisoning a batch later).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import decimal
+import enum
+import itertools
+import math
+import os
+import pathlib
+import threading
+import time
+import uuid
+from typing import Any, Mapping
+
+__all__ = [
+    "Event",
+    "Priority",
+    "make_event",
+    "json_safe",
+    "new_event_id",
+    "JOB_STARTED",
+    "JOB_COMPLETED",
+    "JOB_FAILED",
+    "JOB_RETRY_SCHEDULED",
+    "WORKER_STARTED",
+    "WORKER_STOPPED",
+    "WORKER_ERROR",
+    "WORKER_STATISTICS",
+    "JOBS_BATCH_STARTED",
+    "JOBS_BATCH_COMPLETED",
+    "JOBS_BATCH_FAILED",
+    "STANDARD_EVENT_TYPES",
+]
+
+# Standard event types: plain strings, never Enum members (f"{member}" is not its value).
+JOB_STARTED = "JOB_STARTED"
+JOB_COMPLETED = "JOB_COMPLETED"
+JOB_FAILED = "JOB_FAILED"
+JOB_RETRY_SCHEDULED = "JOB_RETRY_SCHEDULED"
+WORKER_STARTED = "WORKER_STARTED"
+WORKER_STOPPED = "WORKER_STOPPED"
+WORKER_ERROR = "WORKER_ERROR"
+WORKER_STATISTICS = "WORKER_STATISTICS"
+STANDARD_EVENT_TYPES = (
+    JOB_STARTED,
+    JOB_COMPLETED,
+    JOB_FAILED,
+    JOB_RETRY_SCHEDULED,
+    WORKER_STARTED,
+    WORKER_STOPPED,
+    WORKER_ERROR,
+    WORKER_STATISTICS,
+)
+# What aggregation turns groups of the job events into.
+JOBS_BATCH_STARTED = "JOBS_BATCH_STARTED"
+JOBS_BATCH_COMPLETED = "JOBS_BATCH_COMPLETED"
+JOBS_BATCH_FAILED = "JOBS_BATCH_FAILED"
+
+_MAX_DEPTH = 64
+
+
+class Priority(enum.IntEnum):
+    """How urgent an event is; at or above the batcher's ``flush_priority`` it flushes at once."""
+
+    LOW = 0
+    NORMAL = 1
+    HIGH = 2
+    CRITICAL = 3
+
+    @classmethod
+    def parse(cls, value: "Priority | int | str") -> "Priority":
+        """Accept a Priority, its int value or its name in any case; raise ValueError otherwise."""
+        if isinstance(value, Priority):
+            return value
+        if isinstance(value, str):
+            try:
+                return cls[value.strip().upper()]
+            except KeyError:
+                pass
+        elif isinstance(value, int) and not isinstance(value, bool):
+            try:
+                return cls(value)
+            except ValueError:
+                pass
+        names = ", ".join(p.name for p in cls)
+        raise ValueError(f"priority {value!r} is not one of {names} (or 0-3)")
+
+
+# --- ids -------------------------------------------------------------------------------------
+# 12 hex digits of milliseconds since the epoch, 10 of a per-process counter, 8 random per
+# process: unique, and string order is creation order within a process (and across processes
+# to the millisecond). The counter and the random part are renewed in a forked child.
+_id_lock = threading.Lock()
+_id_state: dict[str, Any] = {}
+
+
+def _reset_id_state() -> None:
+    _id_state["counter"] = itertools.count()
+    _id_state["node"] = os.urandom(4).hex()
+    _id_state["last_ms"] = 0
+
+
+_reset_id_state()
+os.register_at_fork(after_in_child=_reset_id_state)
+
+
+def new_event_id() -> str:
+    """Return a new unique event id whose string order follows creation time."""
+    with _id_lock:
+        ms = max(time.time_ns() // 1_000_000, _id_state["last_ms"])
+        _id_state["last_ms"] = ms
+        n = next(_id_state["counter"])
+    return f"{ms:012x}{n & 0xFFFFFFFFFF:010x}{_id_state['node']}"
+
+
+# --- JSON-safe payloads ----------------------------------------------------------------------
+def _path(base: str, key: Any) -> str:
+    return f"{base}[{key!r}]"
+
+
+def json_safe(value: Any, path: str = "data") -> Any:
+    """Return ``value`` as plain JSON types (dict, list, str, int, float, bool, None).
+
+    Decimal becomes a string (exact), datetime/date/time ISO 8601 strings, UUID and Path
+    strings, Enum its value, set/frozenset/tuple a list (sets sorted when they can be).
+    Anything else raises TypeError naming the key path, e.g. ``data['stats']['when']``.
+    NaN and infinities raise ValueError: JSON (and PostgreSQL's JSONB) cannot hold them.
+    """
+    return _safe(value, path, 0)
+
+
+def _safe(value: Any, path: str, depth: int) -> Any:
+    if value is None or value is True or value is False:
+        return value
+    cls = type(value)
+    if cls is str or cls is int:
+        return value
+    if cls is float:
+        if math.isfinite(value):
+            return value
+        raise ValueError(f"{path} is {value!r}: JSON has no NaN or Infinity; send None or a string")
+    if depth > _MAX_DEPTH:
+        raise ValueError(f"{path} is nested more than {_MAX_DEPTH} levels deep (a cycle?)")
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            if isinstance(k, enum.Enum):
+                k = k.value
+            if isinstance(k, (int, float)) and not isinstance(k, bool):
+                k = str(k)
+            if not isinstance(k, str):
+                raise TypeError(
+                    f"{_path(path, k)}: key {k!r} of type {type(k).__name__} is not a string; "
+                    "JSON object keys must be strings"
+                )
+            out[k] = _safe(v, _path(path, k), depth + 1)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_safe(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
+    if isinstance(value, (set, frozenset)):
+        items = [_safe(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
+        try:
+            items.sort()
+        except TypeError:
+            pass
+        return items
+    if isinstance(value, enum.Enum):
+        return _safe(value.value, path, depth + 1)
+    if isinstance(value, bool):  # bool subclasses other than True/False do not exist; keep mypy calm
+        return bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return _safe(float(value), path, depth)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, decimal.Decimal):
+        if not value.is_finite():
+            raise ValueError(f"{path} is Decimal({str(value)!r}): JSON has no NaN or Infinity")
+        return str(value)
+    if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
+        return value.isoformat()
+    if isinstance(value, _dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, (uuid.UUID, pathlib.PurePath)):
+        return str(value)
+    if isinstance(value, (bytes, bytearray)):
+        raise TypeError(
+            f"{path} is {type(value).__name__}, which JSON cannot hold; decode it or base64 it first"
+        )
+    raise TypeError(
+        f"{path} is a {type(value).__module__}.{type(value).__qualname__}, which is not "
+        "JSON-safe; send str, int, float, bool, None, dict, list, Decimal, datetime, UUID, "
+        "Enum or Path"
+    )
+
+
+# --- the record ------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True, slots=True)
+class Event:
+    """One thing that happened, ready to deliver. Build it with :func:`make_event`.
+
+    ``created_at`` is wall-clock seconds since the epoch (stored and shown); ``created_mono``
+    is the monotonic clock at creation (used for deadlines and latency, never stored).
+    ``members`` holds the original events of an aggregated batch event (empty otherwise).
+    Treat ``data`` as read-only: it is the event's own copy.
+    """
+
+    id: str
+    type: str
+    data: dict[str, Any]
+    source: str | None = None
+    worker: str | None = None
+    priority: Priority = Priority.NORMAL
+    created_at: float = 0.0
+    created_mono: float = dataclasses.field(default=0.0, repr=False, compare=False)
+    members: tuple["Event", ...] = dataclasses.field(default=(), repr=False, compare=False)
+
+    @property
+    def batch_count(self) -> int:
+        """How many original events this one stands for (1 unless aggregated)."""
+        return len(self.members) or 1
+
+    @property
+    def created_datetime(self) -> _dt.datetime:
+        """``created_at`` as an aware UTC datetime."""
+        return _dt.datetime.fromtimestamp(self.created_at, tz=_dt.timezone.utc)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event as plain JSON types (what sinks store and browsers receive)."""
+        return {
+            "id": self.id,
+            "type": self.type,
+            "data": self.data,
+            "source": self.source,
+            "worker": self.worker,
+            "priority": self.priority.name,
+            "created_at": self.created_at,
+            "batch_count": self.batch_count,
+        }
+
+
+def _check_name(what: str, value: Any, *, required: bool) -> str | None:
+    if isinstance(value, enum.Enum):  # a (str, Enum) member: use its value, not f"{member}"
+        value = value.value
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"event {what} must be a non-empty str, got {value!r}")
+    return value
+
+
+def make_event(
+    type: str,
+    data: Mapping[str, Any] | None = None,
+    *,
+    source: str | None = None,
+    worker: str | None = None,
+    priority: "Priority | int | str" = Priority.NORMAL,
+) -> Event:
+    """Build an Event now: validate, copy ``data`` into JSON types, stamp id and times.
+
+    Raises TypeError or ValueError naming the bad field or key path; nothing is enqueued then.
+    """
+    etype = _check_name("type", type, required=True)
+    assert etype is not None
+    if data is None:
+        payload: dict[str, Any] = {}
+    elif isinstance(data, Mapping):
+        payload = _safe(data, "data", 0)
+    else:
+        raise TypeError(f"event data must be a mapping, got {type_name(data)}")
+    return Event(
+        id=new_event_id(),
+        type=etype,
+        data=payload,
+        source=_check_name("source", source, required=False),
+        worker=_check_name("worker", worker, required=False),
+        priority=Priority.parse(priority),
+        created_at=time.time(),
+        created_mono=time.monotonic(),
+    )
+
+
+def type_name(value: Any) -> str:
+    """The qualified type name of ``value``, for error messages."""
+    return f"{type(value).__module__}.{type(value).__qualname__}"
