@@ -18,13 +18,21 @@ setup(
     ],
     extras_require={
         "postgres": ["psycopg2-binary>=2.9"],
-        "test": ["pytest>=7", "pytest-timeout>=2.1", "psycopg2-binary>=2.9"],
+        "test": [
+            "pytest>=7",
+            "pytest-timeout>=2.1",
+            "psycopg2-binary>=2.9",
+            # SSE tests only: a real ASGI server, and a websocket client to drive headless Chromium.
+            "uvicorn>=0.23",
+            "websocket-client>=1.6",
+        ],
         "examples": ["Pillow>=10"],
     },
     entry_points={
         "console_scripts": ["timelapser-workers = timelapser_workers.cli:main"],
         "timelapser_workers.sinks": [
             "memory = sinks.memory:MemorySink",
+            "sse = sinks.sse:SSESink",
         ],
     },
 )

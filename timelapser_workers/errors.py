@@ -14,6 +14,7 @@ __all__ = [
     "BatcherClosedError",
     "QueueFullError",
     "SinkLoadError",
+    "SSERefused",
 ]
 
 
@@ -51,3 +52,13 @@ class QueueFullError(TimelapserError):
 
 class SinkLoadError(TimelapserError, ValueError):
     """A sink could not be loaded from a URL, a config or an entry point."""
+
+
+class SSERefused(TimelapserError):
+    """An SSE authorization hook refuses a client: ``status`` 401 (who are you?) or 403 (no)."""
+
+    def __init__(self, message: str = "forbidden", status: int = 403) -> None:
+        if status not in (401, 403):
+            raise ValueError(f"SSERefused status must be 401 or 403, got {status!r}")
+        super().__init__(message)
+        self.status = status

@@ -1,0 +1,56 @@
+"""SSESink: the batcher's sink that hands each batch to an :class:`SSEHub` for browsers."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+from sinks.base import Event, Sink
+from sinks.sse.hub import SSEHub
+
+__all__ = ["SSESink"]
+
+log = logging.getLogger(__name__)
+
+
+class SSESink(Sink):
+    """Publish every batch to ``hub`` (made from ``hub_options`` when not given).
+
+    ``send`` never waits for a browser: it builds each frame once and queues it per client.
+    Serve the hub with :meth:`wsgi_app` or :meth:`asgi_app`.
+    """
+
+    name = "sse"
+
+    def __init__(
+        self,
+        hub: SSEHub | None = None,
+        *,
+        name: str = "sse",
+        wants_aggregated: bool = True,
+        **hub_options: Any,
+    ) -> None:
+        if hub is not None and hub_options:
+            raise TypeError(f"give SSESink a hub or hub options, not both (got {sorted(hub_options)})")
+        self.name = name
+        self.wants_aggregated = wants_aggregated
+        self.hub = hub if hub is not None else SSEHub(**hub_options)
+
+    def send(self, batch: Sequence[Event]) -> None:
+        self.hub.publish(batch)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Disconnect every client (their browsers will retry and find the server gone)."""
+        self.hub.close()
+
+    def wsgi_app(self, **options: Any) -> Any:
+        """A WSGI app serving this sink's hub (options as for :class:`SSEEndpoint`)."""
+        from sinks.sse.wsgi import SSEWsgiApp
+
+        return SSEWsgiApp(self.hub, **options)
+
+    def asgi_app(self, **options: Any) -> Any:
+        """An ASGI app serving this sink's hub (options as for :class:`SSEEndpoint`)."""
+        from sinks.sse.asgi import SSEAsgiApp
+
+        return SSEAsgiApp(self.hub, **options)

@@ -1,0 +1,189 @@
+"""Shared helpers for the SSE tests: real servers (wsgiref threads, uvicorn) on 127.0.0.1 and a
+small SSE client over http.client that records every event, comment and control message."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from sinks.sse import SSEHub
+from sinks.sse.asgi import SSEAsgiApp
+from sinks.sse.wsgi import ServerThread, SSEWsgiApp, make_server
+from timelapser_workers.events import Event, make_event
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.01) -> Any:
+    """Poll ``predicate`` until it is truthy; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class SSEMessage(dict):
+    """One dispatched SSE message: keys id, event, data (text) and json (parsed data)."""
+
+
+class SSETestClient:
+    """Connects to ``url`` + ``path`` and parses the stream on its own thread, as a browser would."""
+
+    def __init__(self, port: int, path: str = "/events", headers: dict[str, str] | None = None, timeout: float = 20.0) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        self.conn.request("GET", path, headers=headers or {})
+        self.sock = self.conn.sock  # getresponse() hands the socket to the response for HTTP/1.0
+        self.response = self.conn.getresponse()
+        self.status = self.response.status
+        self.headers = {k.lower(): v for k, v in self.response.getheaders()}
+        self.messages: list[SSEMessage] = []
+        self.comments: list[str] = []
+        self.retry: int | None = None
+        self.ended = threading.Event()
+        self.error: BaseException | None = None
+        self._cond = threading.Condition()
+        if self.status == 200:
+            self.thread = threading.Thread(target=self._read, daemon=True)
+            self.thread.start()
+        else:
+            self.body = self.response.read().decode("utf-8")
+            self.conn.close()
+            self.ended.set()
+
+    def _read(self) -> None:
+        fields: dict[str, str] = {}
+        data: list[str] = []
+        try:
+            while True:
+                raw = self.response.readline()
+                if not raw:
+                    break
+                line = raw.decode("utf-8").rstrip("\n").rstrip("\r")
+                if line == "":
+                    if data:
+                        msg = SSEMessage(id=fields.get("id"), event=fields.get("event", "message"), data="\n".join(data))
+                        msg["json"] = json.loads(msg["data"])
+                        msg["t"] = time.monotonic()
+                        with self._cond:
+                            self.messages.append(msg)
+                            self._cond.notify_all()
+                    fields, data = {}, []
+                elif line.startswith(":"):
+                    self.comments.append(line[1:].strip())
+                else:
+                    name, _, value = line.partition(":")
+                    value = value[1:] if value.startswith(" ") else value
+                    if name == "data":
+                        data.append(value)
+                    elif name == "retry":
+                        self.retry = int(value)
+                    else:
+                        fields[name] = value
+        except BaseException as exc:  # closed under us at the end of a test
+            self.error = exc
+        finally:
+            self.ended.set()
+            with self._cond:
+                self._cond.notify_all()
+
+    def events(self) -> list[SSEMessage]:
+        """Real events (those with an id)."""
+        with self._cond:
+            return [m for m in self.messages if m["id"] is not None]
+
+    def ids(self) -> list[str]:
+        return [m["id"] for m in self.events()]
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[SSEMessage]:
+        """Wait until ``count`` real events arrived; fail with what did arrive otherwise."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len([m for m in self.messages if m["id"] is not None]) < count:
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.ended.is_set()):
+                    break
+                self._cond.wait(min(left, 0.5))
+        events = self.events()
+        assert len(events) >= count, f"got {len(events)} of {count} events; ended={self.ended.is_set()}"
+        return events
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.ended.wait(2.0)
+        self.response.close()  # the response's file holds the socket open until it closes too
+        self.conn.close()
+
+
+class Served:
+    """A hub served over real HTTP on 127.0.0.1 by one of the apps."""
+
+    def __init__(self, kind: str, hub: SSEHub, **options: Any) -> None:
+        self.kind = kind
+        self.hub = hub
+        self.clients: list[SSETestClient] = []
+        if kind == "wsgi":
+            self.server = ServerThread(make_server(SSEWsgiApp(hub, **options), write_timeout_seconds=3.0)).start()
+            self.port = self.server.server.server_address[1]
+        else:
+            import uvicorn
+
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+            config = uvicorn.Config(
+                SSEAsgiApp(hub, **options), log_level="warning", lifespan="on",
+                timeout_graceful_shutdown=2, backlog=512,
+            )
+            self.server = uvicorn.Server(config)
+            self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+            self.thread.start()
+            wait_until(lambda: self.server.started, 10, "uvicorn to start")
+
+    def connect(self, path: str = "/events", headers: dict[str, str] | None = None, **kw: Any) -> SSETestClient:
+        client = SSETestClient(self.port, path, headers, **kw)
+        self.clients.append(client)
+        return client
+
+    def stop(self) -> None:
+        self.hub.close()
+        for client in self.clients:
+            client.close()
+        if self.kind == "wsgi":
+            self.server.stop()
+        else:
+            self.server.should_exit = True
+            self.thread.join(10)
+
+
+@pytest.fixture(params=["wsgi", "asgi"])
+def serve(request: pytest.FixtureRequest) -> Iterator[Callable[..., Served]]:
+    """serve(hub=None, **endpoint_options) -> Served, for each app kind; stopped afterwards."""
+    started: list[Served] = []
+
+    def start(hub: SSEHub | None = None, **options: Any) -> Served:
+        options.setdefault("keepalive_seconds", 0.5)
+        options.setdefault("retry_milliseconds", 100)
+        served = Served(request.param, hub or SSEHub(), **options)
+        started.append(served)
+        return served
+
+    yield start
+    for served in started:
+        served.stop()
+
+
+def events(n: int, *, worker: str = "w1", source: str | None = "test", type: str = "JOB_COMPLETED", **data: Any) -> list[Event]:
+    """``n`` fresh events with data {"i": k, **data}."""
+    return [make_event(type, {"i": k, **data}, worker=worker, source=source) for k in range(n)]
