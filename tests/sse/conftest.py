@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import threading
 import time
+import uuid
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -187,3 +189,111 @@ def serve(request: pytest.FixtureRequest) -> Iterator[Callable[..., Served]]:
 def events(n: int, *, worker: str = "w1", source: str | None = "test", type: str = "JOB_COMPLETED", **data: Any) -> list[Event]:
     """``n`` fresh events with data {"i": k, **data}."""
     return [make_event(type, {"i": k, **data}, worker=worker, source=source) for k in range(n)]
+
+
+# --- databases -------------------------------------------------------------------------------
+PG_URL = os.environ.get("TIMELAPSER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+PG_TABLE_SQL = """
+CREATE TABLE {t} (
+    id BIGSERIAL PRIMARY KEY,
+    event_id TEXT NOT NULL UNIQUE,
+    type TEXT NOT NULL,
+    data JSONB NOT NULL,
+    priority TEXT NOT NULL,
+    source TEXT,
+    worker TEXT,
+    created_at TIMESTAMPTZ NOT NULL,
+    inserted_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    batch_count INTEGER NOT NULL DEFAULT 1
+)"""
+
+SQLITE_TABLE_SQL = """
+CREATE TABLE {t} (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    type TEXT NOT NULL,
+    data JSON NOT NULL,
+    priority TEXT NOT NULL,
+    source TEXT,
+    worker TEXT,
+    created_at TIMESTAMP NOT NULL,
+    inserted_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    batch_count INTEGER NOT NULL DEFAULT 1
+)"""
+
+
+def insert_sql(table: str) -> str:
+    return (
+        f"INSERT INTO {table} (event_id, type, data, priority, source, worker, created_at, batch_count) "
+        "VALUES (:event_id, :type, :data, :priority, :source, :worker, :created_at, :batch_count)"
+    )
+
+
+def row_params(event: Event) -> dict[str, Any]:
+    """Plain-INSERT parameters for ``event``, as the DatabaseSink stores it."""
+    return {
+        "event_id": event.id,
+        "type": event.type,
+        "data": json.dumps(event.data),
+        "priority": event.priority.name,
+        "source": event.source,
+        "worker": event.worker,
+        "created_at": event.created_datetime,
+        "batch_count": event.batch_count,
+    }
+
+
+def write_rows(conn: Any, table: str, batch: list[Event], notify: str | None = "timelapser_events") -> None:
+    """INSERT ``batch`` on an SQLAlchemy connection (and NOTIFY on PostgreSQL); caller commits."""
+    import sqlalchemy as sa
+
+    conn.execute(sa.text(insert_sql(table)), [row_params(e) for e in batch])
+    if notify and conn.dialect.name == "postgresql":
+        conn.execute(sa.text(f"NOTIFY {notify}"))
+
+
+@pytest.fixture
+def pg_engine() -> Iterator[Any]:
+    """An Engine on the test PostgreSQL server; skip (or fail under CI=true) when unreachable."""
+    import sqlalchemy as sa
+
+    from sinks.sse.db_source import make_engine
+
+    engine = make_engine(PG_URL, pool_pre_ping=True)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except Exception as exc:
+        engine.dispose()
+        reason = f"PostgreSQL at {PG_URL} unreachable: {str(exc).splitlines()[0]}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def pg_table(pg_engine: Any) -> Iterator[str]:
+    """A fresh, uniquely named events table on PostgreSQL, dropped afterwards."""
+    import sqlalchemy as sa
+
+    name = f"sse_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with pg_engine.begin() as conn:
+        conn.execute(sa.text(PG_TABLE_SQL.format(t=name)))
+    yield name
+    with pg_engine.begin() as conn:
+        conn.execute(sa.text(f"DROP TABLE IF EXISTS {name}"))
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Any) -> Iterator[tuple[Any, str]]:
+    """An Engine on a fresh SQLite file with the events table, and the table's name."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'events.db'}")
+    with engine.begin() as conn:
+        conn.execute(sa.text(SQLITE_TABLE_SQL.format(t="sse_events")))
+    yield engine, "sse_events"
+    engine.dispose()

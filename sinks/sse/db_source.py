@@ -1,0 +1,346 @@
+"""DatabaseEventSource: tail the events table into an SSEHub, so a web process serves events
+that workers in other processes (or machines) wrote through the DatabaseSink.
+
+On PostgreSQL a LISTEN connection wakes it when the sink's ``NOTIFY`` arrives (the payload is
+only a hint: the table is the truth), with a slow fallback poll; on SQLite it polls.
+
+No row is skipped when transactions commit out of id order. The source remembers the ids it
+has not seen below the highest one it has (``missing``): a missing id is either a transaction
+still in flight or a rolled-back one. It keeps looking for it until every transaction that
+could hold it has ended: ``gap_grace_seconds`` after the gap was seen it notes the server's next
+transaction id (snapshot xmax); once the oldest running transaction (snapshot xmin) is past
+that, it looks one last time and then gives the id up as never committed. This assumes the id
+sequence hands out ids in time order (the default, ``CACHE 1``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import logging
+import os
+import re
+import select
+import threading
+import time
+from typing import Any
+
+import sqlalchemy as sa
+
+from sinks.sse.hub import SSEHub
+
+__all__ = ["DatabaseEventSource", "make_engine"]
+
+log = logging.getLogger(__name__)
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")
+_COLUMNS = "id, event_id, type, data, priority, source, worker, created_at, batch_count"
+
+
+def _identifier(what: str, value: str) -> str:
+    if not isinstance(value, str) or not _IDENT.match(value):
+        raise ValueError(
+            f"{what} {value!r} is not a plain SQL identifier (letters, digits, _; optionally schema.name)"
+        )
+    return value
+
+
+def make_engine(url: str, **options: Any) -> sa.engine.Engine:
+    """An Engine for ``url``; a bare ``postgresql://`` uses psycopg2 (what LISTEN here needs)."""
+    parsed = sa.engine.make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    return sa.create_engine(parsed, **options)
+
+
+@dataclasses.dataclass
+class _Gap:
+    ids: set[int]
+    seen: float  # monotonic
+    xmax: int | None = None  # the server's next xid, noted gap_grace_seconds after ``seen``
+
+
+def _epoch(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, _dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=_dt.timezone.utc)
+        return value.timestamp()
+    try:
+        return _epoch(_dt.datetime.fromisoformat(str(value)))
+    except ValueError:
+        return None
+
+
+def row_record(row: Any) -> dict[str, Any]:
+    """A table row as a record shaped like ``Event.to_dict()``."""
+    data = row.data
+    if isinstance(data, (str, bytes)):
+        try:
+            data = json.loads(data)
+        except ValueError:
+            data = {"raw": data if isinstance(data, str) else data.decode("utf-8", "replace")}
+    return {
+        "id": str(row.event_id),
+        "type": str(row.type),
+        "data": data,
+        "source": row.source,
+        "worker": row.worker,
+        "priority": row.priority,
+        "created_at": _epoch(row.created_at),
+        "batch_count": int(row.batch_count or 1),
+    }
+
+
+class DatabaseEventSource:
+    """Tail ``table`` into ``hub`` on a daemon thread; ``start()``, then ``stop(timeout)``.
+
+    ``engine``: an SQLAlchemy Engine (yours; never disposed here) or a URL (then ours).
+    ``poll_interval_seconds``: the fallback poll (default 2.0 on PostgreSQL, 0.5 on SQLite).
+    ``gap_poll_seconds``: the poll while ids are missing. ``backfill_events``: rows loaded into the
+    hub's replay buffer at start, so browsers can resume across a restart of the web process.
+    """
+
+    def __init__(
+        self,
+        engine: sa.engine.Engine | str,
+        hub: SSEHub,
+        *,
+        table: str = "sse_events",
+        channel: str = "timelapser_events",
+        poll_interval_seconds: float | None = None,
+        gap_poll_seconds: float = 0.1,
+        gap_grace_seconds: float = 0.5,
+        backfill_events: int = 100,
+        batch_rows: int = 1000,
+        listen: bool = True,
+    ) -> None:
+        self._own_engine = isinstance(engine, str)
+        self.engine = make_engine(engine) if isinstance(engine, str) else engine
+        self.hub = hub
+        self.table = _identifier("table", table)
+        self.channel = _identifier("channel", channel)
+        self.is_postgres = self.engine.dialect.name == "postgresql"
+        default_poll = 2.0 if self.is_postgres else 0.5
+        self.poll_interval_seconds = float(poll_interval_seconds or default_poll)
+        self.gap_poll_seconds = gap_poll_seconds
+        self.gap_grace_seconds = gap_grace_seconds
+        self.backfill_events = backfill_events
+        self.batch_rows = batch_rows
+        self.listen = listen and self.is_postgres
+        self.top = 0  # highest id seen
+        self.missing: set[int] = set()
+        self._gaps: list[_Gap] = []
+        self._started = False
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        self._listener: Any = None
+        self.listener_pid: int | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # one poll at a time (thread and poll_once callers)
+        self.counters = {
+            "rows_delivered": 0,
+            "polls": 0,
+            "poll_errors": 0,
+            "notifications": 0,
+            "listener_connects": 0,
+            "listener_errors": 0,
+            "gaps_filled": 0,
+            "gaps_given_up": 0,
+        }
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> "DatabaseEventSource":
+        """Backfill the hub, then tail on a daemon thread. Returns self."""
+        if self._started:
+            raise RuntimeError("DatabaseEventSource already started")
+        self._started = True
+        self._backfill()
+        self._thread = threading.Thread(target=self._run, name=f"sse-db-source-{self.table}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread (within ``timeout`` seconds) and close the listener."""
+        self._stop.set()
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("DatabaseEventSource thread did not stop within %.1fs", timeout)
+        self._close_listener()
+        if self._own_engine:
+            self.engine.dispose()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters, the highest id seen and how many ids are missing (in flight or given up)."""
+        return {**self.counters, "top_id": self.top, "missing_ids": len(self.missing), "listening": self._listener is not None}
+
+    # --- the loop -----------------------------------------------------------------------------
+    def _run(self) -> None:
+        backoff = 0.0
+        while not self._stop.is_set():
+            if self.listen and self._listener is None:
+                self._connect_listener()
+            timeout = self.gap_poll_seconds if self.missing else self.poll_interval_seconds
+            if backoff:
+                timeout = max(timeout, backoff)
+            self._wait(timeout)
+            if self._stop.is_set():
+                break
+            try:
+                self.poll_once()
+                backoff = 0.0
+            except Exception as exc:
+                self.counters["poll_errors"] += 1
+                backoff = min(max(backoff * 2, 0.5), 10.0)
+                log.warning("polling %s failed (%s); retrying in %.1fs", self.table, exc, backoff)
+
+    def _wait(self, timeout: float) -> None:
+        fds = [self._wake_r]
+        if self._listener is not None:
+            fds.append(self._listener)
+        try:
+            readable, _, _ = select.select(fds, [], [], timeout)
+        except (OSError, ValueError) as exc:  # the listener's socket went away
+            log.warning("waiting on the LISTEN connection failed: %s", exc)
+            self._listener_failed()
+            return
+        if self._wake_r in readable:
+            os.read(self._wake_r, 64)
+        if self._listener is not None and self._listener in readable:
+            try:
+                self._listener.poll()
+                self.counters["notifications"] += len(self._listener.notifies)
+                self._listener.notifies.clear()
+            except Exception as exc:
+                log.warning("LISTEN connection lost (%s); reconnecting and catching up from the table", exc)
+                self._listener_failed()
+
+    def _connect_listener(self) -> None:
+        try:
+            raw = self.engine.raw_connection()
+            conn = raw.driver_connection
+            raw.detach()  # ours for good: never back into the user's pool
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(f'LISTEN "{self.channel}"')
+                cur.execute("SELECT pg_backend_pid()")
+                self.listener_pid = cur.fetchone()[0]
+            self._listener = conn
+            self.counters["listener_connects"] += 1
+        except Exception as exc:
+            self.counters["listener_errors"] += 1
+            log.warning("cannot LISTEN on %s (%s); polling every %.1fs meanwhile", self.channel, exc, self.poll_interval_seconds)
+            self._listener = None
+
+    def _listener_failed(self) -> None:
+        self.counters["listener_errors"] += 1
+        self._close_listener()
+
+    def _close_listener(self) -> None:
+        conn, self._listener = self._listener, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+    # --- reading the table --------------------------------------------------------------------
+    def _select(self, where: str) -> str:
+        return f"SELECT {_COLUMNS} FROM {self.table} WHERE {where}"
+
+    def _backfill(self) -> None:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.text(f"SELECT {_COLUMNS} FROM {self.table} ORDER BY id DESC LIMIT :n"),
+                {"n": self.backfill_events},
+            ).fetchall()
+            if not rows:
+                top = conn.execute(sa.text(f"SELECT max(id) FROM {self.table}")).scalar()
+                self.top = int(top or 0)
+                return
+        rows.reverse()
+        self.top = rows[0].id - 1
+        self._take(rows)
+
+    def _take(self, rows: list[Any]) -> None:
+        """Publish new rows (in id order) and track which ids below the top are missing."""
+        fresh = []
+        new_missing: set[int] = set()
+        for row in rows:
+            rid = int(row.id)
+            if rid > self.top:
+                new_missing.update(range(self.top + 1, rid))
+                self.top = rid
+                fresh.append(row)
+            elif rid in self.missing:
+                self.missing.discard(rid)
+                self.counters["gaps_filled"] += 1
+                fresh.append(row)
+            new_missing.discard(rid)
+        if new_missing:
+            self.missing |= new_missing
+            self._gaps.append(_Gap(new_missing, time.monotonic()))
+        if fresh:
+            self.hub.publish_records([row_record(r) for r in fresh])
+            self.counters["rows_delivered"] += len(fresh)
+
+    def _snapshot(self, conn: sa.engine.Connection) -> tuple[int, int]:
+        row = conn.execute(
+            sa.text("SELECT pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint FROM pg_current_snapshot() s")
+        ).one()
+        return int(row[0]), int(row[1])
+
+    def poll_once(self) -> int:
+        """Read what is new (and what was missing) from the table into the hub; return rows taken."""
+        with self._lock:
+            before = self.counters["rows_delivered"]
+            self.counters["polls"] += 1
+            with self.engine.connect() as conn:
+                settled: list[_Gap] = []
+                if self._gaps:
+                    if self.is_postgres:
+                        xmin, xmax = self._snapshot(conn)
+                        now = time.monotonic()
+                        for gap in self._gaps:
+                            if gap.xmax is None and now - gap.seen >= self.gap_grace_seconds:
+                                gap.xmax = xmax
+                            elif gap.xmax is not None and xmin >= gap.xmax:
+                                settled.append(gap)
+                    else:  # SQLite commits one writer at a time, in id order: a gap is a rollback
+                        settled = list(self._gaps)
+                    conn.commit()  # the reads below see everything committed by now
+                while True:
+                    rows = conn.execute(
+                        sa.text(self._select("id > :top ORDER BY id LIMIT :n")),
+                        {"top": self.top, "n": self.batch_rows},
+                    ).fetchall()
+                    self._take(rows)
+                    if len(rows) < self.batch_rows:
+                        break
+                if self.missing:
+                    wanted = sorted(self.missing)
+                    for i in range(0, len(wanted), 500):
+                        chunk = wanted[i : i + 500]
+                        rows = conn.execute(
+                            sa.text(self._select("id IN :ids ORDER BY id")).bindparams(sa.bindparam("ids", expanding=True)),
+                            {"ids": chunk},
+                        ).fetchall()
+                        self._take(rows)
+                for gap in settled:
+                    lost = gap.ids & self.missing
+                    if lost:
+                        self.missing -= lost
+                        self.counters["gaps_given_up"] += len(lost)
+                        log.debug("ids %s of %s never committed (rolled back)", sorted(lost)[:10], self.table)
+                    self._gaps.remove(gap)
+                self._gaps = [g for g in self._gaps if g.ids & self.missing]
+            return self.counters["rows_delivered"] - before

@@ -1,0 +1,173 @@
+"""DatabaseEventSource: the events table tailed into a hub, on SQLite and on PostgreSQL, and
+across processes with PostgreSQL as the bus."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from sinks.sse import SSEHub
+from sinks.sse.db_source import DatabaseEventSource
+from sinks.sse.wsgi import ServerThread, SSEWsgiApp, make_server
+from tests.sse.conftest import PG_URL, SSETestClient, events, wait_until, write_rows
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def served_hub():
+    hub = SSEHub(replay_events=2000, client_queue_events=5000)
+    server = ServerThread(make_server(SSEWsgiApp(hub, keepalive_seconds=0.5))).start()
+    clients = []
+
+    def connect(**kw):
+        client = SSETestClient(server.server.server_address[1], **kw)
+        clients.append(client)
+        wait_until(lambda: hub.client_count >= 1, 5, "the client to register")
+        return client
+
+    yield hub, connect
+    hub.close()
+    for c in clients:
+        c.close()
+    server.stop()
+
+
+def test_sqlite_polling_delivers_rows_in_order_and_backfills(sqlite_engine, served_hub):
+    engine, table = sqlite_engine
+    hub, connect = served_hub
+    early = events(3)
+    with engine.begin() as conn:
+        write_rows(conn, table, early)
+    source = DatabaseEventSource(engine, hub, table=table, poll_interval_seconds=0.05, backfill_events=2).start()
+    try:
+        assert hub.replay_ids() == [e.id for e in early[1:]]  # backfilled for resuming browsers
+        client = connect(headers={"Last-Event-ID": early[1].id})
+        later = events(5) + events(5, worker="w2")
+        for i in range(0, 10, 5):
+            with engine.begin() as conn:
+                write_rows(conn, table, later[i : i + 5])
+        got = client.wait_for(11)
+        assert [m["id"] for m in got] == [e.id for e in early[2:] + later]
+        row = got[-1]["json"]
+        assert row["worker"] == "w2" and row["data"] == {"i": 4} and row["priority"] == "NORMAL"
+        assert abs(row["created_at"] - later[-1].created_at) < 1e-3
+        assert source.stats()["missing_ids"] == 0
+    finally:
+        source.stop()
+
+
+def test_bad_table_name_is_refused(sqlite_engine):
+    engine, _ = sqlite_engine
+    with pytest.raises(ValueError, match="events; DROP"):
+        DatabaseEventSource(engine, SSEHub(), table="events; DROP TABLE x")
+
+
+@pytest.mark.postgres
+def test_postgres_notify_wakes_and_out_of_order_commit_is_not_skipped(pg_engine, pg_table, served_hub):
+    hub, connect = served_hub
+    source = DatabaseEventSource(pg_engine, hub, table=pg_table, poll_interval_seconds=30, gap_grace_seconds=0.2).start()
+    try:
+        client = connect()
+        first = events(2)
+        with pg_engine.begin() as conn:
+            write_rows(conn, pg_table, first)
+        client.wait_for(2, timeout=5)  # the fallback poll is 30 s: this was the NOTIFY
+        # A takes lower ids but commits after B; a rolled-back C leaves a permanent gap
+        slow = events(3, worker="slow")
+        a = pg_engine.connect()
+        a_txn = a.begin()
+        write_rows(a, pg_table, slow)
+        with pg_engine.connect() as c:
+            write_rows(c, pg_table, events(2, worker="rolled-back"))
+            c.rollback()
+        fast = events(3, worker="fast")
+        with pg_engine.begin() as conn:
+            write_rows(conn, pg_table, fast)
+        client.wait_for(5, timeout=5)
+        time.sleep(1.0)  # margin: well past the gap grace, while A is still open
+        assert client.ids() == [e.id for e in first + fast]
+        assert source.stats()["missing_ids"] >= 3
+        a_txn.commit()
+        a.execute(sa.text("NOTIFY timelapser_events"))
+        a.commit()
+        a.close()
+        got = client.wait_for(8, timeout=5)
+        assert [m["id"] for m in got] == [e.id for e in first + fast + slow]
+        wait_until(lambda: source.stats()["missing_ids"] == 0, 5, "the rolled-back ids to be given up")
+        assert source.stats()["gaps_given_up"] == 2
+        time.sleep(0.2)
+        assert len(client.events()) == 8
+    finally:
+        source.stop()
+
+
+@pytest.mark.postgres
+def test_postgres_lost_listener_reconnects_and_catches_up(pg_engine, pg_table, served_hub):
+    hub, connect = served_hub
+    source = DatabaseEventSource(pg_engine, hub, table=pg_table, poll_interval_seconds=30).start()
+    try:
+        client = connect()
+        wait_until(lambda: source.listener_pid, 5, "the listener")
+        old_pid = source.listener_pid
+        with pg_engine.begin() as conn:
+            conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": old_pid})
+            write_rows(conn, pg_table, events(3), notify=None)  # written while nobody listens
+        client.wait_for(3, timeout=10)
+        wait_until(lambda: source.listener_pid != old_pid and source.stats()["listening"], 10, "a new listener")
+        assert source.stats()["listener_connects"] >= 2
+        with pg_engine.begin() as conn:
+            write_rows(conn, pg_table, events(2))
+        assert len(client.wait_for(5, timeout=5)) == 5  # woken by NOTIFY on the new connection
+    finally:
+        source.stop()
+
+
+@pytest.mark.postgres
+def test_cross_process_two_writers_one_tailer_every_row_once(pg_engine, pg_table):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = [sys.executable, "-m", "tests.sse._procs"]
+    tailer = subprocess.Popen(run + ["tail", PG_URL, pg_table], cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    procs = [tailer]
+    try:
+        port = int(tailer.stdout.readline())
+        client = SSETestClient(port)
+        holder = subprocess.Popen(run + ["writer", PG_URL, pg_table, "holder", "10", "5", "hold"], cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        procs.append(holder)
+        assert holder.stdout.readline().strip() == "holding"
+        other = subprocess.Popen(run + ["writer", PG_URL, pg_table, "other", "40", "5"], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+        procs.append(other)
+        assert other.wait(60) == 0
+        holder.stdin.write("commit\n")
+        holder.stdin.flush()
+        assert holder.wait(60) == 0
+        got = client.wait_for(250, timeout=20)
+        time.sleep(0.3)  # margin: nothing more may arrive
+        ids = client.ids()
+        assert len(ids) == 250 and len(set(ids)) == 250
+        with pg_engine.connect() as conn:
+            rows = conn.execute(sa.text(f"SELECT event_id, id, worker FROM {pg_table} ORDER BY id")).fetchall()
+        assert sorted(ids) == sorted(r.event_id for r in rows)
+        # the held transaction's rows have lower ids than rows that committed before them
+        first_holder = min(r.id for r in rows if r.worker == "holder")
+        assert any(r.worker == "other" and r.id > first_holder for r in rows)
+        position = {i: n for n, i in enumerate(ids)}
+        held = [r.event_id for r in rows if r.worker == "holder"][:5]
+        others = [r.event_id for r in rows if r.worker == "other"]
+        assert min(position[h] for h in held) > max(position[o] for o in others)  # delivered late, not lost
+        client.close()
+    finally:
+        for p in procs:
+            if p.stdin:
+                p.stdin.close()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
