@@ -369,8 +369,7 @@ class EventBatcher:
             items = drain()
             if first is not None:
                 items.insert(0, first)
-            if len(items) > self._high_water:
-                self._high_water = len(items)
+            taken_before = self._taken
             units: list[list[Event]] = []
             for item in items:
                 if type(item) is Event:
@@ -401,6 +400,8 @@ class EventBatcher:
                     item.ready.set()
                 elif item is _STOP:
                     stopping = True
+            if self._taken - taken_before > self._high_water:  # the queue's depth when drained
+                self._high_water = self._taken - taken_before
             now = time.monotonic()
             for worker, buf in list(buffers.items()):
                 if stopping or buf.oldest + cfg.batch_timeout <= now:
