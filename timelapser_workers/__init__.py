@@ -1,5 +1,10 @@
 """timelapser-workers: blinker signals in, batched, retried, dead-lettered delivery out."""
 
+from timelapser_workers import signals
+from timelapser_workers.aggregation import AggregationPolicy
+from timelapser_workers.batcher import EventBatcher, FlushResult
+from timelapser_workers.config import BatcherConfig
+from timelapser_workers.deadletter import JsonLinesDeadLetter
 from timelapser_workers.errors import (
     BatcherClosedError,
     PermanentSinkError,
@@ -12,6 +17,12 @@ from timelapser_workers.errors import (
 from timelapser_workers.events import STANDARD_EVENT_TYPES, Event, Priority, make_event
 
 __all__ = [
+    "EventBatcher",
+    "FlushResult",
+    "BatcherConfig",
+    "AggregationPolicy",
+    "JsonLinesDeadLetter",
+    "signals",
     "Event",
     "Priority",
     "make_event",
