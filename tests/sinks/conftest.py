@@ -97,3 +97,11 @@ def db(request: pytest.FixtureRequest, tmp_path: Path, unique_name: str) -> Iter
     yield d
     d.query(f"DROP TABLE IF EXISTS {unique_name} CASCADE")
     d.query(f"DROP FUNCTION IF EXISTS {unique_name}_refuse() CASCADE")
+
+
+@pytest.fixture
+def pg_db(postgres_url: str, unique_name: str) -> Iterator[Db]:
+    """Like ``db``, PostgreSQL only: for what SQLite has no counterpart to."""
+    d = Db("postgresql", _with_app_name(postgres_url, unique_name), unique_name, unique_name, postgres_url)
+    yield d
+    d.query(f"DROP TABLE IF EXISTS {unique_name} CASCADE")
