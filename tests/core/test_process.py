@@ -119,7 +119,8 @@ def test_forked_child_starts_empty_and_both_keep_delivering(tmp_path):
 
 def test_stress_8_threads_100k_events_counted_exactly(make_batcher):
     raw, agg = MemorySink("raw", wants_aggregated=False), MemorySink("agg")
-    batcher = make_batcher([raw, agg], max_queue_size=200_000, overflow="block", block_timeout=30)
+    batcher = make_batcher([raw, agg], max_queue_size=200_000, lane_max_events=200_000,
+                           overflow="block", block_timeout=30)
     per_thread = 12_500
 
     def produce(t: int) -> None:
