@@ -98,11 +98,11 @@ class Priority(enum.IntEnum):
 # 12 hex digits of milliseconds since the epoch, 10 of a per-process counter, 8 random per
 # process: unique, and string order is creation order within a process (and across processes
 # to the millisecond). The counter and the random part are renewed in a forked child.
-_id_lock = threading.Lock()
 _id_state: dict[str, Any] = {}
 
 
 def _reset_id_state() -> None:
+    _id_state["lock"] = threading.Lock()  # a lock held by another thread at fork stays held
     _id_state["counter"] = itertools.count()
     _id_state["node"] = os.urandom(4).hex()
     _id_state["last_ms"] = 0
@@ -114,7 +114,7 @@ os.register_at_fork(after_in_child=_reset_id_state)
 
 def new_event_id() -> str:
     """Return a new unique event id whose string order follows creation time."""
-    with _id_lock:
+    with _id_state["lock"]:
         ms = max(time.time_ns() // 1_000_000, _id_state["last_ms"])
         _id_state["last_ms"] = ms
         n = next(_id_state["counter"])

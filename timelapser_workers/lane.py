@@ -1,0 +1,309 @@
+"""SinkLane: one sink's own queue and thread, with retries, dead letters and delivery stats.
+
+The flush thread hands batches to each lane without ever waiting: a slow, failing or hung
+sink fills only its own lane (bounded; the oldest batches are dead-lettered when it is full)
+and delays nobody else. Retries use tenacity: ``max_retries`` after the first attempt,
+exponential backoff from ``retry_delay`` with jitter, capped at ``retry_max_delay``; the waits
+end early when the batcher shuts down.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import Any, Sequence
+
+import tenacity
+
+from timelapser_workers.deadletter import DeadLetterHandler
+from timelapser_workers.errors import PermanentSinkError
+from timelapser_workers.events import Event
+
+__all__ = ["SinkLane", "LaneBatch", "Marker"]
+
+logger = logging.getLogger(__name__)
+
+_LATENCY_SAMPLES = 8192
+
+
+class LaneBatch:
+    """What one send() carries: the events, and how many original events they stand for."""
+
+    __slots__ = ("events", "count")
+
+    def __init__(self, events: Sequence[Event]) -> None:
+        self.events = events
+        self.count = sum(e.batch_count for e in events)
+
+
+class Marker:
+    """A place in a lane's queue; set when the lane has finished everything before it."""
+
+    __slots__ = ("target", "done", "delivered", "failed")
+
+    def __init__(self, target: int) -> None:
+        self.target = target  # the lane's enqueued count when the marker was placed
+        self.done = threading.Event()
+        self.delivered = 0
+        self.failed = 0
+
+
+_STOP = object()
+
+
+class _StopAtDeadline(tenacity.stop.stop_base):
+    """Stop retrying once the lane's shutdown deadline (if any) has passed."""
+
+    def __init__(self, lane: "SinkLane") -> None:
+        self.lane = lane
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        deadline = self.lane._deadline
+        return deadline is not None and time.monotonic() >= deadline
+
+
+class SinkLane:
+    """Deliver batches to one sink from one thread, in order. Built by EventBatcher."""
+
+    def __init__(
+        self,
+        sink: Any,
+        name: str,
+        *,
+        max_retries: int,
+        retry_delay: float,
+        retry_max_delay: float,
+        max_events: int,
+        dead_letter: DeadLetterHandler,
+    ) -> None:
+        self.sink = sink
+        self.name = name
+        self.wants_aggregated = bool(getattr(sink, "wants_aggregated", True))
+        self.max_retries = max_retries
+        self.retry_delay = retry_delay
+        self.retry_max_delay = retry_max_delay
+        self.max_events = max_events
+        self.dead_letter = dead_letter
+        self._cond = threading.Condition()
+        self._items: collections.deque[Any] = collections.deque()
+        self._queued_events = 0
+        self._deadline: float | None = None
+        self._wake = threading.Event()  # set on shutdown: retry waits end at once
+        self._thread: threading.Thread | None = None
+        self._in_flight: LaneBatch | None = None
+        # counters, in original events unless named batches; written by the lane thread
+        # except enqueued/dropped (the flush thread), read anywhere
+        self.enqueued = 0
+        self.delivered = 0
+        self.failed = 0  # dead-lettered: permanent errors, retries exhausted, lane full, shutdown
+        self.batches_sent = 0
+        self.retries = 0
+        self.send_errors = 0
+        self.dropped: collections.Counter[str] = collections.Counter()
+        self.dead_letter_errors = 0
+        self.last_error: str | None = None
+        self.latencies: collections.deque[float] = collections.deque(maxlen=_LATENCY_SAMPLES)
+        self._retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(max_retries + 1) | _StopAtDeadline(self),
+            # retry_delay, 2x, 4x ... capped at retry_max_delay, plus up to retry_delay of jitter
+            wait=tenacity.wait_exponential(multiplier=retry_delay, max=retry_max_delay)
+            + tenacity.wait_random(0, retry_delay),
+            retry=tenacity.retry_if_not_exception_type(PermanentSinkError),
+            sleep=self._sleep,
+            before_sleep=self._before_retry,
+            reraise=True,
+        )
+
+    # --- called by the flush thread (never blocks on the sink) ---------------------------
+    def put(self, batch: LaneBatch) -> None:
+        """Queue a batch; if the lane is over its bound, dead-letter its oldest batches."""
+        overflow: list[LaneBatch] = []
+        with self._cond:
+            self.enqueued += batch.count
+            self._items.append(batch)
+            self._queued_events += batch.count
+            while self._queued_events > self.max_events:
+                # the oldest other batch; a lone batch larger than the bound still goes through
+                oldest = next((i for i in self._items if isinstance(i, LaneBatch) and i is not batch), None)
+                if oldest is None:
+                    break
+                self._items.remove(oldest)
+                self._queued_events -= oldest.count
+                overflow.append(oldest)
+            self._cond.notify()
+        for dropped in overflow:
+            self.dropped["lane_full"] += dropped.count
+            self._dead_letter(dropped.events, "lane_full", None)
+            with self._cond:
+                self.failed += dropped.count
+
+    def put_marker(self, marker: Marker) -> None:
+        with self._cond:
+            marker.target = self.enqueued
+            self._items.append(marker)
+            self._cond.notify()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._run, name=f"timelapser-lane-{self.name}", daemon=True
+        )
+        self._thread.start()
+
+    # --- the lane thread -----------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._items:
+                    self._cond.wait()
+                item = self._items.popleft()
+                if isinstance(item, LaneBatch):
+                    self._queued_events -= item.count
+                    self._in_flight = item
+            if item is _STOP:
+                return
+            if isinstance(item, Marker):
+                item.delivered, item.failed = self.delivered, self.failed
+                item.done.set()
+                continue
+            self._deliver(item)
+            self._in_flight = None
+
+    def _deliver(self, batch: LaneBatch) -> None:
+        events = batch.events
+        try:
+            self._retrying(self.sink.send, events)
+        except PermanentSinkError as exc:
+            self._note_error(exc)
+            bad = _subset(exc.events, events)
+            bad_count = sum(e.batch_count for e in bad)
+            self._dead_letter(bad, "permanent_error", exc)
+            self._finish(batch, delivered=batch.count - bad_count, failed=bad_count)
+        except Exception as exc:  # retries exhausted (or the shutdown deadline passed)
+            self._note_error(exc)
+            self._dead_letter(events, "retries_exhausted", exc)
+            self._finish(batch, delivered=0, failed=batch.count)
+        else:
+            now = time.monotonic()
+            self.latencies.extend(now - m.created_mono for e in events for m in (e.members or (e,)))
+            self._finish(batch, delivered=batch.count, failed=0)
+
+    def _finish(self, batch: LaneBatch, *, delivered: int, failed: int) -> None:
+        with self._cond:
+            self.batches_sent += 1 if delivered else 0
+            self.delivered += delivered
+            self.failed += failed
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = self._deadline
+        if deadline is not None:
+            seconds = min(seconds, max(0.0, deadline - time.monotonic()))
+        self._wake.wait(seconds)
+
+    def _before_retry(self, state: tenacity.RetryCallState) -> None:
+        self.retries += 1
+        exc = state.outcome.exception() if state.outcome else None
+        self._note_error(exc)
+        logger.info(
+            "sink %r failed (attempt %d of %d), retrying: %s",
+            self.name, state.attempt_number, self.max_retries + 1, self.last_error,
+        )
+
+    def _note_error(self, exc: BaseException | None) -> None:
+        self.send_errors += 1
+        if exc is not None:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+
+    def _dead_letter(self, events: Sequence[Event], reason: str, error: BaseException | None) -> None:
+        if not events:
+            return
+        try:
+            self.dead_letter(events, self.name, reason, error)
+        except Exception:
+            self.dead_letter_errors += 1
+            logger.exception(
+                "dead-letter handler failed for %d event(s) of sink %r (%s); they are counted "
+                "as failed", sum(e.batch_count for e in events), self.name, reason,
+            )
+
+    # --- shutdown ------------------------------------------------------------------------
+    def stop(self, deadline: float) -> None:
+        """Ask the lane to finish what it holds by ``deadline``; waits end early from now on."""
+        self._deadline = deadline
+        self._wake.set()
+        with self._cond:
+            self._items.append(_STOP)
+            self._cond.notify()
+
+    def join(self, deadline: float) -> bool:
+        """Wait for the lane thread until ``deadline``. If it is still busy (a hung sink),
+        dead-letter what it still holds ('shutdown_timeout') and return False."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                with self._cond:
+                    left = [i for i in self._items if isinstance(i, LaneBatch)]
+                    self._items.clear()
+                    self._queued_events = 0
+                    in_flight = self._in_flight
+                for batch in ([in_flight] if in_flight is not None else []) + left:
+                    self._dead_letter(batch.events, "shutdown_timeout", None)
+                    self.dropped["shutdown_timeout"] += batch.count
+                    with self._cond:
+                        self.failed += batch.count
+                logger.warning(
+                    "sink %r did not finish within the shutdown deadline; %d event(s) it held "
+                    "were dead-lettered (the one in flight may also arrive)",
+                    self.name, sum(b.count for b in ([in_flight] if in_flight else []) + left),
+                )
+                return False
+        return True
+
+    def close_sink(self, deadline: float) -> None:
+        close = getattr(self.sink, "close", None)
+        if close is None:
+            return
+        try:
+            close(max(0.0, deadline - time.monotonic()))
+        except Exception:
+            logger.exception("closing sink %r failed", self.name)
+
+    # --- stats ---------------------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        """Events enqueued and not yet delivered or dead-lettered."""
+        return max(0, self.enqueued - self.delivered - self.failed)
+
+    def stats(self) -> dict[str, Any]:
+        lat = sorted(self.latencies)
+        return {
+            "batches_sent": self.batches_sent,
+            "events_sent": self.delivered,
+            "retries": self.retries,
+            "failures": self.send_errors,
+            "dead_lettered": self.failed,
+            "dead_letter_errors": self.dead_letter_errors,
+            "dropped": dict(self.dropped),
+            "pending": self.pending,
+            "last_error": self.last_error,
+            "latency_p50_ms": _percentile(lat, 0.50),
+            "latency_p99_ms": _percentile(lat, 0.99),
+        }
+
+
+def _percentile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, int(q * len(sorted_values)))
+    return round(sorted_values[index] * 1000.0, 3)
+
+
+def _subset(named: Any, events: Sequence[Event]) -> Sequence[Event]:
+    """The events a PermanentSinkError names (by Event or id), or all when it names none."""
+    if not named:
+        return events
+    ids = {e.id if isinstance(e, Event) else e for e in named}
+    picked = [e for e in events if e.id in ids]
+    return picked or events
