@@ -20,7 +20,6 @@ import datetime as _dt
 import json
 import logging
 import os
-import re
 import select
 import threading
 import time
@@ -28,30 +27,15 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from sinks.database import create_sink_engine
+from sinks.schema import DEFAULT_NOTIFY_CHANNEL, DEFAULT_TABLE, check_identifier
 from sinks.sse.hub import SSEHub
 
-__all__ = ["DatabaseEventSource", "make_engine"]
+__all__ = ["DatabaseEventSource"]
 
 log = logging.getLogger(__name__)
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")
 _COLUMNS = "id, event_id, type, data, priority, source, worker, created_at, batch_count"
-
-
-def _identifier(what: str, value: str) -> str:
-    if not isinstance(value, str) or not _IDENT.match(value):
-        raise ValueError(
-            f"{what} {value!r} is not a plain SQL identifier (letters, digits, _; optionally schema.name)"
-        )
-    return value
-
-
-def make_engine(url: str, **options: Any) -> sa.engine.Engine:
-    """An Engine for ``url``; a bare ``postgresql://`` uses psycopg2 (what LISTEN here needs)."""
-    parsed = sa.engine.make_url(url)
-    if parsed.drivername == "postgresql":
-        parsed = parsed.set(drivername="postgresql+psycopg2")
-    return sa.create_engine(parsed, **options)
 
 
 @dataclasses.dataclass
@@ -110,8 +94,8 @@ class DatabaseEventSource:
         engine: sa.engine.Engine | str,
         hub: SSEHub,
         *,
-        table: str = "sse_events",
-        channel: str = "timelapser_events",
+        table: str = DEFAULT_TABLE,
+        channel: str = DEFAULT_NOTIFY_CHANNEL,
         poll_interval_seconds: float | None = None,
         gap_poll_seconds: float = 0.1,
         gap_grace_seconds: float = 0.5,
@@ -120,10 +104,14 @@ class DatabaseEventSource:
         listen: bool = True,
     ) -> None:
         self._own_engine = isinstance(engine, str)
-        self.engine = make_engine(engine) if isinstance(engine, str) else engine
+        self.engine = (
+            create_sink_engine(engine, application_name="timelapser-workers-sse")
+            if isinstance(engine, str)
+            else engine
+        )
         self.hub = hub
-        self.table = _identifier("table", table)
-        self.channel = _identifier("channel", channel)
+        self.table = check_identifier(table)
+        self.channel = check_identifier(channel, "notify channel")
         self.is_postgres = self.engine.dialect.name == "postgresql"
         default_poll = 2.0 if self.is_postgres else 0.5
         self.poll_interval_seconds = float(poll_interval_seconds or default_poll)

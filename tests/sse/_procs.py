@@ -1,7 +1,9 @@
 """Child processes for the cross-process test; run as ``python -m tests.sse._procs ROLE ...``.
 
-    writer URL TABLE NAME BATCHES PER_BATCH [hold]   write batches (hold: the first transaction
-                                                     waits for a line on stdin before COMMIT)
+    writer URL TABLE NAME BATCHES PER_BATCH [hold]   write batches with plain INSERTs (hold: the
+                                                     first transaction waits for a line on stdin
+                                                     before COMMIT)
+    batcher URL TABLE NAME EVENTS                    emit events through EventBatcher + DatabaseSink
     tail URL TABLE                                   serve the table over SSE; prints the port
 """
 
@@ -16,9 +18,9 @@ def writer(url: str, table: str, name: str, batches: int, per_batch: int, hold: 
     from tests.sse.conftest import write_rows
     from timelapser_workers.events import make_event
 
-    from sinks.sse.db_source import make_engine
+    from sinks.database import create_sink_engine
 
-    engine = make_engine(url)
+    engine = create_sink_engine(url)
     for b in range(batches):
         batch = [make_event("JOB_COMPLETED", {"b": b, "k": k}, worker=name, source="proc") for k in range(per_batch)]
         with engine.begin() as conn:
@@ -29,6 +31,20 @@ def writer(url: str, table: str, name: str, batches: int, per_batch: int, hold: 
         time.sleep(0.002)
     print("done", flush=True)
     engine.dispose()
+
+
+def batcher(url: str, table: str, name: str, count: int) -> None:
+    from sinks.database import DatabaseSink
+    from timelapser_workers.batcher import EventBatcher
+
+    sink = DatabaseSink(url, table=table, wants_aggregated=False)
+    with EventBatcher([sink], batch_size=10, batch_timeout=0.05) as b:
+        for k in range(count):
+            b.emit("JOB_COMPLETED", {"k": k}, worker=name, source="proc")
+            if k % 10 == 9:
+                time.sleep(0.002)
+        assert b.flush(30).complete
+    print("done", flush=True)
 
 
 def tail(url: str, table: str) -> None:
@@ -50,7 +66,9 @@ if __name__ == "__main__":
     role, *args = sys.argv[1:]
     if role == "writer":
         writer(args[0], args[1], args[2], int(args[3]), int(args[4]), len(args) > 5 and args[5] == "hold")
+    elif role == "batcher":
+        batcher(args[0], args[1], args[2], int(args[3]))
     elif role == "tail":
         tail(args[0], args[1])
     else:
-        sys.exit(f"unknown role {role!r}; use writer or tail")
+        sys.exit(f"unknown role {role!r}; use writer, batcher or tail")

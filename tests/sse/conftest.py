@@ -194,33 +194,13 @@ def events(n: int, *, worker: str = "w1", source: str | None = "test", type: str
 # --- databases -------------------------------------------------------------------------------
 PG_URL = os.environ.get("TIMELAPSER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
-PG_TABLE_SQL = """
-CREATE TABLE {t} (
-    id BIGSERIAL PRIMARY KEY,
-    event_id TEXT NOT NULL UNIQUE,
-    type TEXT NOT NULL,
-    data JSONB NOT NULL,
-    priority TEXT NOT NULL,
-    source TEXT,
-    worker TEXT,
-    created_at TIMESTAMPTZ NOT NULL,
-    inserted_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-    batch_count INTEGER NOT NULL DEFAULT 1
-)"""
+def create_events_table(engine: Any, name: str) -> None:
+    """Create the events table ``name`` exactly as DatabaseSink defines it."""
+    import sqlalchemy as sa
 
-SQLITE_TABLE_SQL = """
-CREATE TABLE {t} (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id TEXT NOT NULL UNIQUE,
-    type TEXT NOT NULL,
-    data JSON NOT NULL,
-    priority TEXT NOT NULL,
-    source TEXT,
-    worker TEXT,
-    created_at TIMESTAMP NOT NULL,
-    inserted_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
-    batch_count INTEGER NOT NULL DEFAULT 1
-)"""
+    from sinks.schema import events_table
+
+    events_table(sa.MetaData(), name).create(engine)
 
 
 def insert_sql(table: str) -> str:
@@ -258,9 +238,9 @@ def pg_engine() -> Iterator[Any]:
     """An Engine on the test PostgreSQL server; skip (or fail under CI=true) when unreachable."""
     import sqlalchemy as sa
 
-    from sinks.sse.db_source import make_engine
+    from sinks.database import create_sink_engine
 
-    engine = make_engine(PG_URL, pool_pre_ping=True)
+    engine = create_sink_engine(PG_URL)
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
@@ -280,8 +260,7 @@ def pg_table(pg_engine: Any) -> Iterator[str]:
     import sqlalchemy as sa
 
     name = f"sse_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    with pg_engine.begin() as conn:
-        conn.execute(sa.text(PG_TABLE_SQL.format(t=name)))
+    create_events_table(pg_engine, name)
     yield name
     with pg_engine.begin() as conn:
         conn.execute(sa.text(f"DROP TABLE IF EXISTS {name}"))
@@ -292,8 +271,9 @@ def sqlite_engine(tmp_path: Any) -> Iterator[tuple[Any, str]]:
     """An Engine on a fresh SQLite file with the events table, and the table's name."""
     import sqlalchemy as sa
 
-    engine = sa.create_engine(f"sqlite:///{tmp_path / 'events.db'}")
-    with engine.begin() as conn:
-        conn.execute(sa.text(SQLITE_TABLE_SQL.format(t="sse_events")))
+    from sinks.database import create_sink_engine
+
+    engine = create_sink_engine(f"sqlite:///{tmp_path / 'events.db'}")
+    create_events_table(engine, "sse_events")
     yield engine, "sse_events"
     engine.dispose()

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from sinks.database import DatabaseSink
 from sinks.sse import SSEHub
 from sinks.sse.db_source import DatabaseEventSource
 from sinks.sse.wsgi import ServerThread, SSEWsgiApp, make_server
@@ -42,17 +43,16 @@ def served_hub():
 def test_sqlite_polling_delivers_rows_in_order_and_backfills(sqlite_engine, served_hub):
     engine, table = sqlite_engine
     hub, connect = served_hub
+    sink = DatabaseSink(engine, table=table)  # the real writer: rows exactly as workers store them
     early = events(3)
-    with engine.begin() as conn:
-        write_rows(conn, table, early)
+    sink.send(early)
     source = DatabaseEventSource(engine, hub, table=table, poll_interval_seconds=0.05, backfill_events=2).start()
     try:
         assert hub.replay_ids() == [e.id for e in early[1:]]  # backfilled for resuming browsers
         client = connect(headers={"Last-Event-ID": early[1].id})
         later = events(5) + events(5, worker="w2")
         for i in range(0, 10, 5):
-            with engine.begin() as conn:
-                write_rows(conn, table, later[i : i + 5])
+            sink.send(later[i : i + 5])
         got = client.wait_for(11)
         assert [m["id"] for m in got] == [e.id for e in early[2:] + later]
         row = got[-1]["json"]
@@ -141,7 +141,8 @@ def test_cross_process_two_writers_one_tailer_every_row_once(pg_engine, pg_table
         holder = subprocess.Popen(run + ["writer", PG_URL, pg_table, "holder", "10", "5", "hold"], cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         procs.append(holder)
         assert holder.stdout.readline().strip() == "holding"
-        other = subprocess.Popen(run + ["writer", PG_URL, pg_table, "other", "40", "5"], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+        # the other writer is a real worker process: EventBatcher -> DatabaseSink (COPY + NOTIFY)
+        other = subprocess.Popen(run + ["batcher", PG_URL, pg_table, "other", "200"], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
         procs.append(other)
         assert other.wait(60) == 0
         holder.stdin.write("commit\n")

@@ -299,3 +299,24 @@ def test_injection_in_names_ids_and_data_forges_nothing(serve):
     assert got[0]["json"]["data"]["x"] == batch[0].data["x"]  # data survives exactly, as JSON
     assert got[0]["json"]["worker"] == "w\nid: 0"
     assert got[1]["json"]["data"]["x"] == "\u2028\u0000"
+
+
+def test_sse_sink_behind_the_real_batcher(serve):
+    from sinks.sse import SSESink
+    from timelapser_workers.batcher import EventBatcher
+
+    sink = SSESink(replay_events=100)
+    served = serve(hub=sink.hub)
+    client = served.connect()
+    wait_until(lambda: served.hub.client_count == 1, 5, "registration")
+    with EventBatcher([sink], batch_size=5, batch_timeout=0.05) as batcher:
+        for job in range(5):
+            batcher.emit("JOB_STARTED", {"job_id": job}, worker="thumbnail", source="demo")
+        batcher.emit("WORKER_STATISTICS", {"done": 5}, worker="thumbnail", source="demo")
+        assert batcher.flush(10).complete
+    got = client.wait_for(1)
+    wait_until(lambda: sum(m["json"]["batch_count"] for m in client.events()) == 6, 5, "all six originals")
+    types = [m["json"]["type"] for m in client.events()]
+    assert "WORKER_STATISTICS" in types
+    assert any(m["json"]["batch_count"] == 5 for m in client.events()), types
+    assert got[0]["id"]
