@@ -25,6 +25,9 @@ setup(
             # SSE tests only: a real ASGI server, and a websocket client to drive headless Chromium.
             "uvicorn>=0.23",
             "websocket-client>=1.6",
+            # README's mounting examples, tested: Flask (WSGI) and Starlette (what FastAPI mounts with).
+            "flask>=2.2",
+            "starlette>=0.27",
         ],
         "examples": ["Pillow>=10"],
     },
