@@ -13,7 +13,7 @@ import contextlib
 import logging
 from typing import Any, Awaitable, Callable, MutableMapping
 
-from sinks.sse.endpoint import KEEPALIVE, Refusal, SSEEndpoint, SSERequest, Stream
+from sinks.sse.endpoint import KEEPALIVE, Refusal, SSEEndpoint, SSERequest, Stream, resolve_endpoint
 from sinks.sse.hub import SSEHub
 
 __all__ = ["SSEAsgiApp"]
@@ -63,13 +63,7 @@ class SSEAsgiApp:
     """
 
     def __init__(self, hub: SSEHub | None = None, *, endpoint: SSEEndpoint | None = None, **options: Any) -> None:
-        if endpoint is None:
-            if hub is None:
-                raise TypeError("SSEAsgiApp needs a hub (or an endpoint)")
-            endpoint = SSEEndpoint(hub, **options)
-        elif options or hub is not None:
-            raise TypeError("give SSEAsgiApp either an endpoint or a hub with options, not both")
-        self.endpoint = endpoint
+        self.endpoint = resolve_endpoint(hub, endpoint, options, "SSEAsgiApp")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

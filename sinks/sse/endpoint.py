@@ -240,6 +240,19 @@ class SSEEndpoint:
         return Stream(client, headers, first, self.keepalive_seconds, self.hub)
 
 
+def resolve_endpoint(
+    hub: SSEHub | None, endpoint: SSEEndpoint | None, options: dict[str, Any], owner: str
+) -> SSEEndpoint:
+    """The endpoint an app serves: ``endpoint`` as given, or one built from ``hub`` and options."""
+    if endpoint is None:
+        if hub is None:
+            raise TypeError(f"{owner} needs a hub (or an endpoint)")
+        return SSEEndpoint(hub, **options)
+    if options or hub is not None:
+        raise TypeError(f"give {owner} either an endpoint or a hub with options, not both")
+    return endpoint
+
+
 def _denied(subscription: Subscription, allowed: frozenset[str]) -> str | None:
     """The first channel the client asked for that ``allowed`` rules out, if any.
 

@@ -300,7 +300,9 @@ class SSEHub:
     def _close_locked(self, client: SSEClient, reason: str) -> None:
         if client.closed_reason is None:
             client.closed_reason = reason
-            client._frames.clear()
+            if reason == "slow":
+                client._frames.clear()  # its memory is the point; the browser resumes from replay
+            # otherwise the writer sends what is already queued, then ends the stream
             self._clients.discard(client)
             if reason == "slow":
                 self._stats["clients_dropped_slow"] += 1
@@ -308,7 +310,10 @@ class SSEHub:
                 self._stats["clients_closed_by_server"] += 1
 
     def disconnect_all(self, reason: str = "server") -> int:
-        """Close every client's stream (their browsers reconnect and resume); return how many."""
+        """End every client's stream after what is already queued for it; return how many.
+
+        Browsers reconnect (after the ``retry`` hint) and resume with ``Last-Event-ID``.
+        """
         with self._lock:
             clients = list(self._clients)
             for client in clients:

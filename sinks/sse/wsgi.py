@@ -15,7 +15,7 @@ import threading
 import wsgiref.simple_server
 from typing import Any, Callable, Iterable, Iterator
 
-from sinks.sse.endpoint import KEEPALIVE, Refusal, SSEEndpoint, SSERequest, Stream
+from sinks.sse.endpoint import KEEPALIVE, Refusal, SSEEndpoint, SSERequest, Stream, resolve_endpoint
 from sinks.sse.hub import SSEHub
 
 __all__ = ["SSEWsgiApp", "make_server", "ServerThread"]
@@ -84,13 +84,7 @@ class SSEWsgiApp:
     """
 
     def __init__(self, hub: SSEHub | None = None, *, endpoint: SSEEndpoint | None = None, **options: Any) -> None:
-        if endpoint is None:
-            if hub is None:
-                raise TypeError("SSEWsgiApp needs a hub (or an endpoint)")
-            endpoint = SSEEndpoint(hub, **options)
-        elif options or hub is not None:
-            raise TypeError("give SSEWsgiApp either an endpoint or a hub with options, not both")
-        self.endpoint = endpoint
+        self.endpoint = resolve_endpoint(hub, endpoint, options, "SSEWsgiApp")
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         result = self.endpoint.open(request_from_environ(environ))

@@ -54,7 +54,7 @@ def find_chromium() -> str:
 class DevTools:
     """A minimal DevTools-protocol client: one page target, Runtime.evaluate and navigation."""
 
-    def __init__(self, browser_port: int, timeout: float = 10.0) -> None:
+    def __init__(self, browser_port: int, timeout: float = 30.0) -> None:
         import websocket  # websocket-client, test extra
 
         with urllib.request.urlopen(f"http://127.0.0.1:{browser_port}/json/list", timeout=timeout) as r:
@@ -121,15 +121,15 @@ def test_dashboard_shows_live_events_survives_reconnect_every_event_once(browser
         wait_until(lambda: (snapshot() or {}).get("state") == "open", 15, "the page to connect")
         workers.start()
         # live: events appear while the workers run
-        wait_until(lambda: len(snapshot()["ids"]) >= 20, 10, "live events on the page")
+        wait_until(lambda: len(snapshot()["ids"]) >= 20, 20, "live events on the page")
         # forced reconnect: the server closes every stream; the workers keep emitting meanwhile
         assert sink.hub.disconnect_all() == 1
-        wait_until(lambda: snapshot()["opens"] >= 2 and snapshot()["state"] == "open", 10, "the page to reconnect")
+        wait_until(lambda: snapshot()["opens"] >= 2 and snapshot()["state"] == "open", 20, "the page to reconnect")
         time.sleep(0.3)  # let some events flow on the new connection too
         workers.stop()
         assert batcher.flush(10).complete
         published = sink.hub.replay_ids()
-        wait_until(lambda: len(snapshot()["ids"]) >= len(published), 10, f"all {len(published)} events on the page")
+        wait_until(lambda: len(snapshot()["ids"]) >= len(published), 20, f"all {len(published)} events on the page")
         time.sleep(0.3)  # margin: nothing more (no duplicate) may arrive
         final = snapshot()
         assert final["ids"] == published  # every event exactly once, in order
