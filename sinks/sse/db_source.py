@@ -120,6 +120,12 @@ class DatabaseEventSource:
         self.backfill_events = backfill_events
         self.batch_rows = batch_rows
         self.listen = listen and self.is_postgres
+        if self.listen and self.engine.dialect.driver != "psycopg2":
+            log.warning(
+                "LISTEN needs the psycopg2 driver, not %r; polling %s every %.1fs instead",
+                self.engine.dialect.driver, self.table, self.poll_interval_seconds,
+            )
+            self.listen = False
         self.top = 0  # highest id seen
         self.missing: set[int] = set()
         self._gaps: list[_Gap] = []

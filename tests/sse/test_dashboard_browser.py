@@ -3,11 +3,11 @@ protocol: events arrive live, a server-side close is survived, every event is sh
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -22,8 +22,9 @@ from tests.sse.conftest import wait_until
 from timelapser_workers.batcher import EventBatcher
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "examples" / "dashboard"))
-import serve as dashboard  # noqa: E402
+_spec = importlib.util.spec_from_file_location("dashboard_serve", ROOT / "examples" / "dashboard" / "serve.py")
+dashboard = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(dashboard)
 
 pytestmark = pytest.mark.browser
 
