@@ -181,14 +181,19 @@ class DatabaseEventSource:
     def _run(self) -> None:
         backoff = 0.0
         while not self._stop.is_set():
+            catch_up = False
             if self.listen and self._listener is None:
+                # LISTEN first, then read the table: a row committed in between is in the read,
+                # a row committed after it sends a NOTIFY we hear
                 self._connect_listener()
-            timeout = self.gap_poll_seconds if self.missing else self.poll_interval_seconds
-            if backoff:
-                timeout = max(timeout, backoff)
-            self._wait(timeout)
-            if self._stop.is_set():
-                break
+                catch_up = self._listener is not None
+            if not catch_up:
+                timeout = self.gap_poll_seconds if self.missing else self.poll_interval_seconds
+                lost = self._wait(max(timeout, backoff))
+                if self._stop.is_set():
+                    break
+                if lost:
+                    continue  # reconnect the listener before catching up
             try:
                 self.poll_once()
                 backoff = 0.0
@@ -197,7 +202,8 @@ class DatabaseEventSource:
                 backoff = min(max(backoff * 2, 0.5), 10.0)
                 log.warning("polling %s failed (%s); retrying in %.1fs", self.table, exc, backoff)
 
-    def _wait(self, timeout: float) -> None:
+    def _wait(self, timeout: float) -> bool:
+        """Sleep until a NOTIFY, stop(), or ``timeout``; True if the listener was lost meanwhile."""
         fds = [self._wake_r]
         if self._listener is not None:
             fds.append(self._listener)
@@ -206,7 +212,7 @@ class DatabaseEventSource:
         except (OSError, ValueError) as exc:  # the listener's socket went away
             log.warning("waiting on the LISTEN connection failed: %s", exc)
             self._listener_failed()
-            return
+            return True
         if self._wake_r in readable:
             os.read(self._wake_r, 64)
         if self._listener is not None and self._listener in readable:
@@ -217,6 +223,8 @@ class DatabaseEventSource:
             except Exception as exc:
                 log.warning("LISTEN connection lost (%s); reconnecting and catching up from the table", exc)
                 self._listener_failed()
+                return True
+        return False
 
     def _connect_listener(self) -> None:
         try:

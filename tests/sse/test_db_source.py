@@ -72,30 +72,30 @@ def test_bad_table_name_is_refused(sqlite_engine):
 @pytest.mark.postgres
 def test_postgres_notify_wakes_and_out_of_order_commit_is_not_skipped(pg_engine, pg_table, served_hub):
     hub, connect = served_hub
-    source = DatabaseEventSource(pg_engine, hub, table=pg_table, poll_interval_seconds=30, gap_grace_seconds=0.2).start()
+    source = DatabaseEventSource(pg_engine, hub, table=pg_table, channel=pg_table, poll_interval_seconds=30, gap_grace_seconds=0.2).start()
     try:
         client = connect()
         first = events(2)
         with pg_engine.begin() as conn:
-            write_rows(conn, pg_table, first)
+            write_rows(conn, pg_table, first, notify=pg_table)
         client.wait_for(2, timeout=5)  # the fallback poll is 30 s: this was the NOTIFY
         # A takes lower ids but commits after B; a rolled-back C leaves a permanent gap
         slow = events(3, worker="slow")
         a = pg_engine.connect()
         a_txn = a.begin()
-        write_rows(a, pg_table, slow)
+        write_rows(a, pg_table, slow, notify=pg_table)
         with pg_engine.connect() as c:
-            write_rows(c, pg_table, events(2, worker="rolled-back"))
+            write_rows(c, pg_table, events(2, worker="rolled-back"), notify=pg_table)
             c.rollback()
         fast = events(3, worker="fast")
         with pg_engine.begin() as conn:
-            write_rows(conn, pg_table, fast)
+            write_rows(conn, pg_table, fast, notify=pg_table)
         client.wait_for(5, timeout=5)
         time.sleep(1.0)  # margin: well past the gap grace, while A is still open
         assert client.ids() == [e.id for e in first + fast]
         assert source.stats()["missing_ids"] >= 3
         a_txn.commit()
-        a.execute(sa.text("NOTIFY timelapser_events"))
+        a.execute(sa.text(f"NOTIFY {pg_table}"))
         a.commit()
         a.close()
         got = client.wait_for(8, timeout=5)
@@ -111,19 +111,24 @@ def test_postgres_notify_wakes_and_out_of_order_commit_is_not_skipped(pg_engine,
 @pytest.mark.postgres
 def test_postgres_lost_listener_reconnects_and_catches_up(pg_engine, pg_table, served_hub):
     hub, connect = served_hub
-    source = DatabaseEventSource(pg_engine, hub, table=pg_table, poll_interval_seconds=30).start()
+    source = DatabaseEventSource(pg_engine, hub, table=pg_table, channel=pg_table, poll_interval_seconds=30).start()
     try:
         client = connect()
-        wait_until(lambda: source.listener_pid, 5, "the listener")
+        wait_until(lambda: source.listener_pid and source.stats()["polls"] >= 1, 5, "the listener and its first read")
         old_pid = source.listener_pid
+        # rows nobody is told about (no NOTIFY; the fallback poll is 30 s away) ...
+        with pg_engine.begin() as conn:
+            write_rows(conn, pg_table, events(3), notify=None)
+        time.sleep(0.2)  # margin: they stay unseen
+        assert client.events() == []
+        # ... then the listener's connection dies: the source reconnects and reads the table
         with pg_engine.begin() as conn:
             conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": old_pid})
-            write_rows(conn, pg_table, events(3), notify=None)  # written while nobody listens
         client.wait_for(3, timeout=10)
         wait_until(lambda: source.listener_pid != old_pid and source.stats()["listening"], 10, "a new listener")
         assert source.stats()["listener_connects"] >= 2
         with pg_engine.begin() as conn:
-            write_rows(conn, pg_table, events(2))
+            write_rows(conn, pg_table, events(2), notify=pg_table)
         assert len(client.wait_for(5, timeout=5)) == 5  # woken by NOTIFY on the new connection
     finally:
         source.stop()
