@@ -18,13 +18,17 @@ setup(
     ],
     extras_require={
         "postgres": ["psycopg2-binary>=2.9"],
-        "test": ["pytest>=7", "pytest-timeout>=2.1", "psycopg2-binary>=2.9"],
+        # wheel: the plugin test builds a small distribution and installs it
+        "test": ["pytest>=7", "pytest-timeout>=2.1", "psycopg2-binary>=2.9", "wheel>=0.40"],
         "examples": ["Pillow>=10"],
     },
     entry_points={
         "console_scripts": ["timelapser-workers = timelapser_workers.cli:main"],
         "timelapser_workers.sinks": [
             "memory = sinks.memory:MemorySink",
+            "sqlite = sinks.database:DatabaseSink",
+            "postgresql = sinks.database:DatabaseSink",
+            "log = sinks.log:LogSink",
         ],
     },
 )
