@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import threading
-import time
 
 import pytest
 import sqlalchemy as sa
@@ -132,19 +131,11 @@ def test_a_locked_database_is_transient_and_the_retry_succeeds(db) -> None:
 
         t = threading.Thread(target=write)
         t.start()
-        deadline = time.monotonic() + 10
-        killed = []
-        while not killed and time.monotonic() < deadline:
-            killed = db.query(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE application_name = %s AND wait_event_type = 'Lock'",
-                (db.app_name,),
-            )
-            time.sleep(0.02)
+        killed = db.kill_backends(waiting_on_lock=True)
         holder.rollback()
         holder.close()
         t.join(timeout=10)
-        assert killed == [(True,)], "the sink's backend never waited on the lock"
+        assert killed == 1, "the sink's backend never waited on the lock"
         assert len(outcome) == 1 and isinstance(outcome[0], TransientSinkError), outcome
     assert db.event_ids() == []
     sink.send(events)  # the retry: a fresh connection (the dead one was invalidated)
