@@ -3,6 +3,9 @@
 from timelapser_workers import signals
 from timelapser_workers.aggregation import AggregationPolicy
 from timelapser_workers.batcher import EventBatcher, FlushResult
+from timelapser_workers.broadcaster import SSEBroadcaster
+from timelapser_workers.default import get_default_batcher, set_default_batcher
+from timelapser_workers.worker import PermanentJobError, RetryPolicy, ThreadWorker
 from timelapser_workers.config import BatcherConfig
 from timelapser_workers.deadletter import JsonLinesDeadLetter
 from timelapser_workers.errors import (
@@ -18,6 +21,12 @@ from timelapser_workers.events import STANDARD_EVENT_TYPES, Event, Priority, mak
 
 __all__ = [
     "EventBatcher",
+    "ThreadWorker",
+    "RetryPolicy",
+    "PermanentJobError",
+    "SSEBroadcaster",
+    "get_default_batcher",
+    "set_default_batcher",
     "FlushResult",
     "BatcherConfig",
     "AggregationPolicy",

@@ -59,13 +59,13 @@ class _Ingress(queue.Queue):  # type: ignore[type-arg]
             self.queue.append(item)
             self.not_empty.notify()
 
-    def put_drop_oldest(self, item: Event) -> Event | None:
+    def put_drop_oldest(self, item: Any) -> Any:
         """Put without waiting; when full, remove and return the oldest event first."""
         with self.mutex:
             dropped = None
             if 0 < self.maxsize <= len(self.queue):
                 for i, old in enumerate(self.queue):
-                    if isinstance(old, Event):
+                    if isinstance(old, (Event, _Unbatched)):
                         dropped = old
                         del self.queue[i]
                         break
@@ -91,6 +91,15 @@ class _FlushRequest:
 
 
 _STOP = object()
+
+
+class _Unbatched:
+    """An event to deliver on its own, at once, unaggregated (a use_batching=False producer)."""
+
+    __slots__ = ("event",)
+
+    def __init__(self, event: Event) -> None:
+        self.event = event
 
 
 class _WorkerBuffer:
@@ -233,18 +242,30 @@ class EventBatcher:
         (default: anyone) into events. Receivers are held strongly; undo with disconnect()."""
         targets = [_signals.get(s) for s in signals] or _signals.standard_signals()
         for signal in targets:
+            connected = [(sig, snd) for sig, _, snd in self._connections if sig is signal]
+            if (signal, ANY) in connected or (signal, sender) in connected:
+                continue  # already hears this sender: connecting again would deliver twice
+            if sender is ANY:  # hears everyone from now on: drop the narrower connections
+                self._disconnect(lambda sig, snd: sig is signal)
             receiver = self._receiver_for(signal.name)
             signal.connect(receiver, sender=sender, weak=False)
             self._connections.append((signal, receiver, sender))
 
-    def disconnect(self) -> None:
-        """Stop listening to every signal connected with connect()."""
-        connections, self._connections = self._connections, []
-        for signal, receiver, sender in connections:
-            signal.disconnect(receiver, sender=sender)
+    def disconnect(self, sender: Any = None) -> None:
+        """Stop listening: to ``sender`` only, or (None) to every connection made by connect()."""
+        self._disconnect(lambda sig, snd: sender is None or snd == sender)
+
+    def _disconnect(self, which: Any) -> None:
+        keep = []
+        for signal, receiver, snd in self._connections:
+            if which(signal, snd):
+                signal.disconnect(receiver, sender=snd)
+            else:
+                keep.append((signal, receiver, snd))
+        self._connections = keep
 
     def _receiver_for(self, event_type: str) -> Any:
-        def receive(sender: Any, **kwargs: Any) -> None:
+        def receive(sender: Any, **kwargs: Any) -> bool:
             source = kwargs.pop("source", None)
             if source is None:
                 source = getattr(sender, "event_source", None)
@@ -267,25 +288,29 @@ class EventBatcher:
                 self._warnings.warn(
                     "invalid", "refused a %s event from %r: %s", event_type, sender, exc
                 )
-                return
+                return False
+            batch = getattr(sender, "use_batching", True) is not False
             try:
-                self._enqueue(event)
+                return self._enqueue(event if batch else _Unbatched(event), event)
             except BatcherClosedError as exc:
                 self._warnings.warn("closed", "%s", exc)
+                return False
 
         receive.__qualname__ = f"EventBatcher.receive[{event_type}]"
         return receive
 
     # --- producers -----------------------------------------------------------------------
-    def submit(self, event: Event) -> bool:
+    def submit(self, event: Event, *, batch: bool = True) -> bool:
         """Queue ``event``; False if the queue was full and it (or an older one) was dropped.
 
+        ``batch=False`` delivers this event on its own as soon as the flush thread sees it,
+        after what its worker had pending (the per-producer rollback switch).
         Raises BatcherClosedError after close(), QueueFullError only with overflow='block'
         when the queue stayed full for ``block_timeout`` seconds.
         """
         if not isinstance(event, Event):
             raise TypeError(f"submit() takes an Event (see make_event), got {event!r}")
-        return self._enqueue(event)
+        return self._enqueue(event if batch else _Unbatched(event), event)
 
     def emit(
         self,
@@ -298,10 +323,10 @@ class EventBatcher:
     ) -> Event:
         """Build an event (validated, JSON-safe, stamped) and submit it; returns the event."""
         event = make_event(type, data, worker=worker, source=source, priority=priority)
-        self._enqueue(event)
+        self._enqueue(event, event)
         return event
 
-    def _enqueue(self, event: Event) -> bool:
+    def _enqueue(self, item: Event | _Unbatched, event: Event) -> bool:
         if self._closing:
             with self._lock:
                 self._rejected["closed"] += 1
@@ -313,18 +338,18 @@ class EventBatcher:
         mode = self.config.overflow
         if mode == "drop_newest":
             try:
-                self._queue.put_nowait(event)
+                self._queue.put_nowait(item)
                 return True
             except queue.Full:
                 self._drop("drop_newest")
                 return False
         if mode == "drop_oldest":
-            if self._queue.put_drop_oldest(event) is not None:
+            if self._queue.put_drop_oldest(item) is not None:
                 self._drop("drop_oldest")
                 return False
             return True
         try:
-            self._queue.put(event, timeout=self.config.block_timeout)
+            self._queue.put(item, timeout=self.config.block_timeout)
             return True
         except queue.Full:
             self._drop("block_timeout")
@@ -369,8 +394,7 @@ class EventBatcher:
             items = drain()
             if first is not None:
                 items.insert(0, first)
-            if len(items) > self._high_water:
-                self._high_water = len(items)
+            taken_before = self._taken
             units: list[list[Event]] = []
             for item in items:
                 if type(item) is Event:
@@ -390,6 +414,15 @@ class EventBatcher:
                     elif count >= cfg.batch_size:
                         units.append(buf.events)
                         del buffers[item.worker]
+                elif type(item) is _Unbatched:
+                    self._taken += 1
+                    event = item.event
+                    buf = buffers.pop(event.worker, None)
+                    if buf is not None:  # what its worker had pending goes first
+                        units.append(buf.events)
+                    self._dispatch(units)
+                    units = []
+                    self._dispatch_alone(event)
                 elif isinstance(item, _FlushRequest):
                     units.extend(b.events for b in buffers.values())
                     buffers.clear()
@@ -401,6 +434,8 @@ class EventBatcher:
                     item.ready.set()
                 elif item is _STOP:
                     stopping = True
+            if self._taken - taken_before > self._high_water:  # the queue's depth when drained
+                self._high_water = self._taken - taken_before
             now = time.monotonic()
             for worker, buf in list(buffers.items()):
                 if stopping or buf.oldest + cfg.batch_timeout <= now:
@@ -414,11 +449,12 @@ class EventBatcher:
             return
         raw = [e for unit in units for e in unit]
         lanes = self._lanes
+        if not lanes:
+            self._discard(len(raw))
+            return
         if not self.config.use_batching:
             for event in raw:
-                for lane in lanes:
-                    lane.put(LaneBatch((event,)))
-            self._flushes += len(raw)
+                self._dispatch_alone(event)
             return
         aggregated: list[Event] = []
         for unit in units:
@@ -429,6 +465,24 @@ class EventBatcher:
         self._flushes += 1
         for lane in lanes:
             lane.put(LaneBatch(aggregated if lane.wants_aggregated else raw))
+
+    def _dispatch_alone(self, event: Event) -> None:
+        lanes = self._lanes
+        if not lanes:
+            self._discard(1)
+            return
+        self._flushes += 1
+        batch = LaneBatch((event,))
+        for lane in lanes:
+            lane.put(batch)
+
+    def _discard(self, count: int) -> None:
+        with self._lock:
+            self._dropped["no_sinks"] += count
+        self._warnings.warn(
+            "no_sinks", "batcher %r has no sinks: %d event(s) discarded (add_sink() one)",
+            self.name, count,
+        )
 
     # --- flush and close -----------------------------------------------------------------
     def flush(self, timeout: float | None = None) -> FlushResult:
@@ -475,7 +529,8 @@ class EventBatcher:
         if thread is not None:
             self._queue.put_control(_STOP)
             thread.join(max(0.0, deadline - time.monotonic()))
-        late = [e for e in self._queue.drain() if type(e) is Event]
+        late = [e if type(e) is Event else e.event for e in self._queue.drain()
+                if type(e) in (Event, _Unbatched)]
         if late:  # raced past the closing check; refuse them loudly rather than lose them
             with self._lock:
                 self._rejected["closed"] += len(late)

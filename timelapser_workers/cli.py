@@ -1,17 +1,22 @@
-"""The `timelapser-workers` command line. Library code logs; only this module prints."""
+"""The `timelapser-workers` command line. Library code logs; only this module (and the demo
+it runs) prints."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 __all__ = ["main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from timelapser_workers import demo
+
     parser = argparse.ArgumentParser(prog="timelapser-workers")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="run the demo workload and print what batching saved")
+    demo_parser = sub.add_parser("demo", help="run the demo workload and print what batching saved")
+    demo.add_arguments(demo_parser)
     sinks = sub.add_parser("sinks", help="list the available sinks and where each comes from")
     sinks.add_argument("--check", action="store_true", help="also import each one and report errors")
     return parser
@@ -19,10 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "demo":
-        from timelapser_workers.quickstart import main as quickstart
+        from timelapser_workers.demo import run_demo
 
-        return quickstart()
+        return run_demo(args)
     if args.command == "sinks":
         return list_sinks(check=args.check)
     return 2

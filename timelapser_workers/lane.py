@@ -107,9 +107,9 @@ class SinkLane:
         self.latencies: collections.deque[float] = collections.deque(maxlen=_LATENCY_SAMPLES)
         self._retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(max_retries + 1) | _StopAtDeadline(self),
-            wait=tenacity.wait_exponential_jitter(
-                initial=retry_delay, max=retry_max_delay, jitter=retry_delay
-            ),
+            # retry_delay, 2x, 4x ... capped at retry_max_delay, plus up to retry_delay of jitter
+            wait=tenacity.wait_exponential(multiplier=retry_delay, max=retry_max_delay)
+            + tenacity.wait_random(0, retry_delay),
             retry=tenacity.retry_if_not_exception_type(PermanentSinkError),
             sleep=self._sleep,
             before_sleep=self._before_retry,

@@ -1,0 +1,55 @@
+import pytest
+
+from timelapser_workers import EventBatcher
+from timelapser_workers.config import BatcherConfig
+
+
+@pytest.mark.parametrize(
+    "kwargs, named",
+    [
+        ({"batch_size": 0}, "batch_size=0"),
+        ({"batch_size": 2.5}, "batch_size=2.5"),
+        ({"batch_size": True}, "batch_size=True"),
+        ({"batch_timeout": -1}, "batch_timeout=-1"),
+        ({"batch_timeout": float("inf")}, "batch_timeout=inf"),
+        ({"max_retries": -1}, "max_retries=-1"),
+        ({"retry_delay": "soon"}, "retry_delay='soon'"),
+        ({"overflow": "explode"}, "overflow='explode'"),
+        ({"block_timeout": 0}, "block_timeout=0"),
+        ({"max_queue_size": 0}, "max_queue_size=0"),
+        ({"flush_priority": "urgent"}, "flush_priority"),
+    ],
+)
+def test_invalid_settings_raise_at_construction_naming_the_setting(kwargs, named, tmp_path):
+    with pytest.raises(ValueError) as info:
+        EventBatcher(dead_letter=tmp_path / "d.jsonl", **kwargs)
+    assert named in str(info.value)
+
+
+def test_defaults_match_the_seed():
+    cfg = BatcherConfig.resolve()
+    assert (cfg.batch_size, cfg.batch_timeout, cfg.max_retries, cfg.retry_delay) == (10, 0.5, 2, 0.5)
+
+
+def test_environment_overrides_default_and_argument_overrides_environment(monkeypatch):
+    monkeypatch.setenv("TIMELAPSER_SSE_BATCH_SIZE", "25")
+    monkeypatch.setenv("TIMELAPSER_SSE_BATCH_TIMEOUT_SECONDS", "2")
+    cfg = BatcherConfig.resolve()
+    assert cfg.batch_size == 25 and cfg.batch_timeout == 2.0
+    assert BatcherConfig.resolve(batch_size=3).batch_size == 3
+
+
+def test_non_number_in_environment_names_the_variable(monkeypatch):
+    monkeypatch.setenv("TIMELAPSER_SSE_BATCH_MAX_RETRIES", "three")
+    with pytest.raises(ValueError, match="TIMELAPSER_SSE_BATCH_MAX_RETRIES='three'"):
+        BatcherConfig.resolve()
+
+
+def test_unknown_setting_is_refused():
+    with pytest.raises(TypeError, match="batchsize"):
+        BatcherConfig.resolve(batchsize=3)
+
+
+def test_a_sink_without_send_is_refused(tmp_path):
+    with pytest.raises(TypeError, match="no send"):
+        EventBatcher([object()], dead_letter=tmp_path / "d.jsonl")

@@ -1,0 +1,114 @@
+import dataclasses
+import datetime as dt
+import decimal
+import enum
+import pathlib
+import uuid
+
+import pytest
+
+from timelapser_workers.events import JOB_STARTED, Event, Priority, json_safe, make_event, new_event_id
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+class Kind(str, enum.Enum):
+    JOB_STARTED = "JOB_STARTED"
+
+
+def test_payload_is_made_json_safe_on_creation():
+    u = uuid.uuid4()
+    event = make_event(
+        JOB_STARTED,
+        {
+            "price": decimal.Decimal("1.10"),
+            "when": dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc),
+            "day": dt.date(2026, 1, 2),
+            "at": dt.time(3, 4),
+            "id": u,
+            "color": Color.RED,
+            "tags": {"b", "a"},
+            "pair": (1, 2),
+            "path": pathlib.PurePosixPath("/frames/1.jpg"),
+            "nested": {"list": [decimal.Decimal("2")]},
+        },
+    )
+    assert event.data == {
+        "price": "1.10",
+        "when": "2026-01-02T03:04:05+00:00",
+        "day": "2026-01-02",
+        "at": "03:04:00",
+        "id": str(u),
+        "color": "red",
+        "tags": ["a", "b"],
+        "pair": [1, 2],
+        "path": "/frames/1.jpg",
+        "nested": {"list": ["2"]},
+    }
+
+
+def test_unsupported_value_names_its_key_path():
+    with pytest.raises(TypeError, match=r"data\['stats'\]\['when'\]"):
+        make_event("X", {"stats": {"when": object()}})
+    with pytest.raises(TypeError, match=r"data\['rows'\]\[1\]"):
+        make_event("X", {"rows": [1, b"raw"]})
+    with pytest.raises(ValueError, match=r"data\['ratio'\].*NaN"):
+        make_event("X", {"ratio": float("nan")})
+
+
+def test_cycle_is_refused_not_a_recursion_error():
+    looped: dict = {}
+    looped["self"] = looped
+    with pytest.raises(ValueError, match="nested more than"):
+        json_safe(looped)
+
+
+def test_payload_is_copied_so_later_changes_do_not_leak_in():
+    data = {"job_id": 1, "tags": ["a"]}
+    event = make_event(JOB_STARTED, data)
+    data["job_id"] = 2
+    data["tags"].append("b")
+    assert event.data == {"job_id": 1, "tags": ["a"]}
+
+
+def test_event_is_immutable():
+    event = make_event(JOB_STARTED, {"job_id": 1})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        event.type = "OTHER"  # type: ignore[misc]
+
+
+def test_str_enum_type_becomes_its_value_not_its_repr():
+    # the original fault: f"{Kind.JOB_STARTED}" gave "Kind.JOB_STARTED" and aggregation never matched
+    assert make_event(Kind.JOB_STARTED).type == "JOB_STARTED"
+
+
+@pytest.mark.parametrize("bad", ["", None, 5])
+def test_bad_type_is_refused(bad):
+    with pytest.raises(TypeError, match="event type"):
+        make_event(bad)
+
+
+def test_priority_parse():
+    assert Priority.parse("high") is Priority.HIGH
+    assert Priority.parse(3) is Priority.CRITICAL
+    with pytest.raises(ValueError, match="'urgent'"):
+        Priority.parse("urgent")
+    with pytest.raises(ValueError):
+        make_event("X", priority=9)
+
+
+def test_ids_are_unique_and_sort_by_creation():
+    ids = [new_event_id() for _ in range(20_000)]
+    assert len(set(ids)) == len(ids)
+    assert ids == sorted(ids)
+
+
+def test_to_dict_is_plain_json():
+    import json
+
+    event = make_event(JOB_STARTED, {"job_id": 7}, worker="w", source="s", priority="high")
+    d = json.loads(json.dumps(event.to_dict()))
+    assert d["type"] == "JOB_STARTED" and d["priority"] == "HIGH" and d["batch_count"] == 1
+    assert isinstance(event, Event) and event.created_datetime.tzinfo is not None
