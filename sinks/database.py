@@ -331,7 +331,7 @@ class DatabaseSink(Sink):
             else:
                 execute_rows(conn, stmt, rows)
                 stored = len(rows)  # at most: rows already stored are skipped
-            if self.notify_channel:
+            if self.notify_channel and stored:
                 conn.execute(sa.select(sa.func.pg_notify(self.notify_channel, self.table.name)))
         return stored
 
