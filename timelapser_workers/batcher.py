@@ -458,7 +458,13 @@ class EventBatcher:
             return
         aggregated: list[Event] = []
         for unit in units:
-            result = self.policy.aggregate(unit)
+            try:
+                result = self.policy.aggregate(unit)
+            except Exception:  # a broken policy must not stop delivery: send these unmerged
+                logger.exception("aggregation policy %r failed; delivering %d event(s) unmerged",
+                                 self.policy, len(unit))
+                aggregated.extend(unit)
+                continue
             aggregated.extend(result.events)
             self._batches_created += result.batches_created
             self._events_batched += result.events_batched

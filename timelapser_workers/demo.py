@@ -98,6 +98,7 @@ def run_once(
     cameras: int,
     period: float,
     progress: Callable[[str], None] | None = None,
+    keep_table: bool = False,
 ) -> DemoRun:
     """Run the pipeline for ``duration`` seconds into ``table`` and measure it."""
     from sinks.database import DatabaseSink
@@ -131,6 +132,9 @@ def run_once(
     stats = batcher.stats()["sinks"][db.name]
     with db.engine.connect() as conn:
         stored = conn.execute(sa.text(f'SELECT COALESCE(SUM(batch_count), 0) FROM "{table}"')).scalar_one()
+    if not keep_table:
+        with db.engine.begin() as conn:
+            conn.execute(sa.text(f'DROP TABLE "{table}"'))
     db.engine.dispose()
     return DemoRun(
         mode=mode,
@@ -182,6 +186,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds each of the two runs lasts (default 10)")
     parser.add_argument("--db", default=None,
                         help="database URL (default: a fresh SQLite file in a temp dir)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the demo's tables in --db (default: drop them after counting)")
     parser.add_argument("--cameras", type=int, default=6, help="cameras due in each burst (default 6)")
     parser.add_argument("--period", type=float, default=1.0, help="seconds between bursts (default 1)")
 
@@ -209,6 +215,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 db_url, f"demo_events_{'batched' if use_batching else 'single'}_{suffix}",
                 use_batching=use_batching, duration=args.duration, workdir=workdir,
                 cameras=args.cameras, period=args.period, progress=progress,
+                keep_table=args.keep,
             ))
             if tty:
                 print(file=sys.stderr)

@@ -339,3 +339,19 @@ def test_stats_report_latency_and_queue(make_batcher):
 def test_two_sinks_with_the_same_name_get_distinct_lanes(make_batcher):
     batcher = make_batcher([MemorySink(), MemorySink()])
     assert list(batcher.stats()["sinks"]) == ["memory", "memory#2"]
+
+
+def test_a_broken_aggregation_policy_delivers_unmerged_instead_of_stopping(make_batcher, caplog):
+    class Broken(AggregationPolicy):
+        def aggregate(self, events):
+            raise RuntimeError("policy bug")
+
+    sink = MemorySink()
+    batcher = make_batcher([sink], aggregation=Broken(), batch_timeout=0.01)
+    for i in range(3):
+        batcher.emit(JOB_STARTED, {"job_id": i}, worker="w")
+    assert batcher.flush(timeout=5).pending == 0
+    assert [e.data["job_id"] for e in sink.events] == [0, 1, 2]
+    assert "policy bug" in caplog.text
+    batcher.emit(JOB_STARTED, {"job_id": 3}, worker="w")  # the flush thread is still alive
+    assert sink.wait_for(4, timeout=5)

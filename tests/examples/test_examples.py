@@ -55,3 +55,13 @@ def test_demo_prints_the_measured_table_and_loses_nothing():
 def test_demo_refuses_bad_arguments():
     proc = _run("-m", "timelapser_workers", "demo", "--duration", "0")
     assert proc.returncode == 2 and "--duration" in proc.stderr
+
+
+def test_demo_accepts_a_postgresql_url_and_cleans_up(postgres_url, pg_conn):
+    proc = _run("-m", "timelapser_workers", "demo", "--duration", "1.5", "--period", "0.5",
+                "--db", postgres_url, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _row(proc.stdout, "lost (emitted - stored)") == ["0", "0"]
+    with pg_conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'demo_events_%'")
+        assert cur.fetchone()[0] == 0
