@@ -20,6 +20,7 @@ entry points of one name from different places are reported as a conflict, never
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import importlib.metadata as md
 import logging
 import re
@@ -28,6 +29,7 @@ from typing import Any, Callable, Mapping
 from urllib.parse import parse_qsl, urlsplit
 
 from sinks.base import Sink
+from sinks.options import parse_options
 from timelapser_workers.errors import SinkLoadError
 
 __all__ = ["ENTRY_POINT_GROUP", "SinkInfo", "load_sink", "register_sink", "unregister_sink", "available_sinks", "sink_factory"]
@@ -228,7 +230,27 @@ def _build(factory: SinkFactory, name: str, text: str, url: str | None, options:
     twice = set(given) & set(options)
     if twice:
         raise ValueError(f"option(s) {', '.join(sorted(twice))} given both in {text!r} and as arguments")
+    spec = _option_spec(factory)
+    if spec is not None:  # typed from the factory's own defaults: "false" must not become True
+        given = parse_options(spec, given, where=text)
     return factory(**given, **options)
+
+
+def _option_spec(factory: SinkFactory) -> dict[str, type] | None:
+    """name -> type for the factory's keyword parameters, from their defaults' types (str when
+    there is no default); None when it takes **kwargs (it checks its own options then)."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    spec: dict[str, type] = {}
+    for p in params:
+        if p.kind is p.VAR_KEYWORD:
+            return None
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            default = p.default
+            spec[p.name] = type(default) if isinstance(default, (bool, int, float)) else str
+    return spec
 
 
 def _qualname(obj: Any) -> str:

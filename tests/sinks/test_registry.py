@@ -136,3 +136,15 @@ def test_cli_lists_sinks_and_where_they_come_from(plugin_site: Path) -> None:
     assert ("sqlite", "sinks.database:DatabaseSink", "timelapser-workers") in row
     assert any(line.startswith("broken") and "error: " in line and "ModuleNotFoundError" in line for line in lines)
     assert sum(line.startswith("memory") and "conflict" in line for line in lines) == 2
+
+
+def test_options_of_a_plain_factory_are_typed_from_its_defaults():
+    from sinks import load_sink
+    from timelapser_workers.errors import SinkLoadError
+
+    assert load_sink("memory?wants_aggregated=false").wants_aggregated is False
+    assert load_sink("memory?name=audit").name == "audit"
+    with pytest.raises(SinkLoadError, match="wants_aggregated='maybe'"):
+        load_sink("memory?wants_aggregated=maybe")
+    with pytest.raises(SinkLoadError, match="unknown option 'colour'"):
+        load_sink("memory?colour=red")
