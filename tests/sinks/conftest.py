@@ -1,0 +1,107 @@
+"""The `db` fixture: one behaviour test, run against a real SQLite file and the real PostgreSQL."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+
+@dataclasses.dataclass
+class Db:
+    """A test database: its URL for the sink, its table, and plain-driver helpers to look inside."""
+
+    kind: str  # "sqlite" | "postgresql"
+    url: str  # what DatabaseSink is given (application_name set on PostgreSQL)
+    table: str
+    app_name: str
+    dsn: str  # for the helpers' own connections
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        if self.kind == "sqlite":
+            conn = sqlite3.connect(self.dsn, timeout=10)
+            try:
+                return conn.execute(sql.replace("%s", "?"), params).fetchall()
+            finally:
+                conn.close()
+        import psycopg2
+
+        conn = psycopg2.connect(self.dsn, application_name="timelapser-test-observer")
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                return cur.fetchall() if cur.description else []
+        finally:
+            conn.close()
+
+    def execute_script(self, sqlite_sql: str, postgres_sql: str) -> None:
+        if self.kind == "sqlite":
+            conn = sqlite3.connect(self.dsn, timeout=10)
+            try:
+                conn.executescript(sqlite_sql)
+            finally:
+                conn.close()
+        else:
+            self.query(postgres_sql)
+
+    def event_ids(self) -> list[str]:
+        return [r[0] for r in self.query(f"SELECT event_id FROM {self.table} ORDER BY id")]
+
+    def rows(self) -> list[dict[str, Any]]:
+        cols = ["id", "event_id", "type", "data", "priority", "source", "worker", "created_at", "inserted_at", "batch_count"]
+        out = []
+        for r in self.query(f"SELECT {', '.join(cols)} FROM {self.table} ORDER BY id"):
+            row = dict(zip(cols, r))
+            if isinstance(row["data"], str):
+                row["data"] = json.loads(row["data"])
+            out.append(row)
+        return out
+
+    def refuse_type(self, event_type: str) -> None:
+        """Install a trigger that refuses rows of ``event_type``: a real row-level failure."""
+        self.execute_script(
+            f"CREATE TRIGGER {self.table}_refuse BEFORE INSERT ON {self.table} "
+            f"WHEN NEW.type = '{event_type}' BEGIN SELECT RAISE(ABORT, 'refused by test trigger'); END;",
+            f"""
+            CREATE FUNCTION {self.table}_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+              IF NEW.type = '{event_type}' THEN
+                RAISE check_violation USING MESSAGE = 'refused by test trigger';
+              END IF;
+              RETURN NEW;
+            END $$;
+            CREATE TRIGGER {self.table}_refuse BEFORE INSERT ON {self.table}
+              FOR EACH ROW EXECUTE FUNCTION {self.table}_refuse();
+            """,
+        )
+
+
+def _with_app_name(url: str, app_name: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}application_name={app_name}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db(request: pytest.FixtureRequest, tmp_path: Path, unique_name: str) -> Iterator[Db]:
+    """A fresh table in a real database: a SQLite file, then the PostgreSQL test server."""
+    if request.param == "sqlite":
+        path = tmp_path / "events.db"
+        yield Db("sqlite", f"sqlite:///{path}", unique_name, unique_name, str(path))
+        return
+    url = request.getfixturevalue("postgres_url")
+    d = Db("postgresql", _with_app_name(url, unique_name), unique_name, unique_name, url)
+    yield d
+    d.query(f"DROP TABLE IF EXISTS {unique_name} CASCADE")
+    d.query(f"DROP FUNCTION IF EXISTS {unique_name}_refuse() CASCADE")
+
+
+@pytest.fixture
+def pg_db(postgres_url: str, unique_name: str) -> Iterator[Db]:
+    """Like ``db``, PostgreSQL only: for what SQLite has no counterpart to."""
+    d = Db("postgresql", _with_app_name(postgres_url, unique_name), unique_name, unique_name, postgres_url)
+    yield d
+    d.query(f"DROP TABLE IF EXISTS {unique_name} CASCADE")
