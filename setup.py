@@ -20,6 +20,13 @@ setup(
         "postgres": ["psycopg2-binary>=2.9"],
         "test": ["pytest>=7", "pytest-timeout>=2.1", "psycopg2-binary>=2.9"],
         "examples": ["Pillow>=10"],
+        # benchmark peers and profilers; bench/ only, never imported by the library or tests
+        "bench": [
+            "opentelemetry-sdk>=1.26",
+            "psycopg2-binary>=2.9",
+            "psutil>=5.9",
+            "pyinstrument>=4.6",
+        ],
     },
     entry_points={
         "console_scripts": ["timelapser-workers = timelapser_workers.cli:main"],
