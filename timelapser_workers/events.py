@@ -18,7 +18,8 @@ import pathlib
 import threading
 import time
 import uuid
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 __all__ = [
     "Event",
@@ -98,27 +99,34 @@ class Priority(enum.IntEnum):
 # 12 hex digits of milliseconds since the epoch, 10 of a per-process counter, 8 random per
 # process: unique, and string order is creation order within a process (and across processes
 # to the millisecond). The counter and the random part are renewed in a forked child.
-_id_state: dict[str, Any] = {}
+_id_lock = threading.Lock()
+_id_counter = itertools.count()
+_id_node = os.urandom(4).hex()
+_id_last_ms = 0
 
 
 def _reset_id_state() -> None:
-    _id_state["lock"] = threading.Lock()  # a lock held by another thread at fork stays held
-    _id_state["counter"] = itertools.count()
-    _id_state["node"] = os.urandom(4).hex()
-    _id_state["last_ms"] = 0
+    global _id_lock, _id_counter, _id_node, _id_last_ms
+    _id_lock = threading.Lock()  # a lock held by another thread at fork stays held
+    _id_counter = itertools.count()
+    _id_node = os.urandom(4).hex()
+    _id_last_ms = 0
 
 
-_reset_id_state()
 os.register_at_fork(after_in_child=_reset_id_state)
 
 
 def new_event_id() -> str:
     """Return a new unique event id whose string order follows creation time."""
-    with _id_state["lock"]:
-        ms = max(time.time_ns() // 1_000_000, _id_state["last_ms"])
-        _id_state["last_ms"] = ms
-        n = next(_id_state["counter"])
-    return f"{ms:012x}{n & 0xFFFFFFFFFF:010x}{_id_state['node']}"
+    global _id_last_ms
+    with _id_lock:
+        ms = time.time_ns() // 1_000_000
+        if ms < _id_last_ms:  # the wall clock stepped back: keep the order
+            ms = _id_last_ms
+        else:
+            _id_last_ms = ms
+        n = next(_id_counter)
+    return f"{ms:012x}{n & 0xFFFFFFFFFF:010x}{_id_node}"
 
 
 # --- JSON-safe payloads ----------------------------------------------------------------------
@@ -137,6 +145,9 @@ def json_safe(value: Any, path: str = "data") -> Any:
     return _safe(value, path, 0)
 
 
+_PLAIN = (str, int, type(None), bool)  # copied as they are (bool: only True and False exist)
+
+
 def _safe(value: Any, path: str, depth: int) -> Any:
     if value is None or value is True or value is False:
         return value
@@ -149,19 +160,17 @@ def _safe(value: Any, path: str, depth: int) -> Any:
         raise ValueError(f"{path} is {value!r}: JSON has no NaN or Infinity; send None or a string")
     if depth > _MAX_DEPTH:
         raise ValueError(f"{path} is nested more than {_MAX_DEPTH} levels deep (a cycle?)")
-    if isinstance(value, Mapping):
+    if cls is dict or isinstance(value, Mapping):
         out: dict[str, Any] = {}
         for k, v in value.items():
-            if isinstance(k, enum.Enum):
-                k = k.value
-            if isinstance(k, (int, float)) and not isinstance(k, bool):
-                k = str(k)
-            if not isinstance(k, str):
-                raise TypeError(
-                    f"{_path(path, k)}: key {k!r} of type {type(k).__name__} is not a string; "
-                    "JSON object keys must be strings"
-                )
-            out[k] = _safe(v, _path(path, k), depth + 1)
+            if type(k) is not str:
+                k = _json_key(k, path)
+            # the common case inline: plain values are copied as they are, and a key path is
+            # only built (it costs a repr) when there is something to descend into
+            if type(v) in _PLAIN:
+                out[k] = v
+            else:
+                out[k] = _safe(v, _path(path, k), depth + 1)
         return out
     if isinstance(value, (list, tuple)):
         return [_safe(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
@@ -201,6 +210,20 @@ def _safe(value: Any, path: str, depth: int) -> Any:
         "JSON-safe; send str, int, float, bool, None, dict, list, Decimal, datetime, UUID, "
         "Enum or Path"
     )
+
+
+def _json_key(k: Any, path: str) -> str:
+    """A mapping key as a JSON object key: str, an Enum's value, or a number as text."""
+    if isinstance(k, enum.Enum):
+        k = k.value
+    if isinstance(k, (int, float)) and not isinstance(k, bool):
+        k = str(k)
+    if not isinstance(k, str):
+        raise TypeError(
+            f"{_path(path, k)}: key {k!r} of type {type(k).__name__} is not a string; "
+            "JSON object keys must be strings"
+        )
+    return k
 
 
 # --- the record ------------------------------------------------------------------------------
@@ -249,6 +272,8 @@ class Event:
 
 
 def _check_name(what: str, value: Any, *, required: bool) -> str | None:
+    if type(value) is str and value:
+        return value
     if isinstance(value, enum.Enum):  # a (str, Enum) member: use its value, not f"{member}"
         value = value.value
     if value is None and not required:
@@ -274,7 +299,7 @@ def make_event(
     assert etype is not None
     if data is None:
         payload: dict[str, Any] = {}
-    elif isinstance(data, Mapping):
+    elif data.__class__ is dict or isinstance(data, Mapping):
         payload = _safe(data, "data", 0)
     else:
         raise TypeError(f"event data must be a mapping, got {type_name(data)}")
@@ -284,7 +309,7 @@ def make_event(
         data=payload,
         source=_check_name("source", source, required=False),
         worker=_check_name("worker", worker, required=False),
-        priority=Priority.parse(priority),
+        priority=priority if priority.__class__ is Priority else Priority.parse(priority),
         created_at=time.time(),
         created_mono=time.monotonic(),
     )
