@@ -217,6 +217,7 @@ class EventBatcher:
         block_timeout: float | None = None,
         lane_max_events: int | None = None,
         shutdown_timeout: float | None = None,
+        max_event_bytes: int | None = None,
         flush_priority: Priority | int | str | None = None,
         use_batching: bool = True,
         aggregation: AggregationPolicy | None = None,
@@ -228,6 +229,7 @@ class EventBatcher:
             retry_delay=retry_delay, retry_max_delay=retry_max_delay,
             max_queue_size=max_queue_size, overflow=overflow, block_timeout=block_timeout,
             lane_max_events=lane_max_events, shutdown_timeout=shutdown_timeout,
+            max_event_bytes=max_event_bytes,
             flush_priority=flush_priority, use_batching=use_batching,
         )
         self.name = name
@@ -324,7 +326,8 @@ class EventBatcher:
                 data = {**kwargs, "data": extra}
             try:
                 event = make_event(
-                    event_type, data, source=source, worker=_sender_name(sender), priority=priority
+                    event_type, data, source=source, worker=_sender_name(sender), priority=priority,
+                    max_bytes=self.config.max_event_bytes,
                 )
             except (TypeError, ValueError) as exc:
                 # a bad payload must not raise into the worker's send(): refuse it, count it, say it
@@ -363,7 +366,8 @@ class EventBatcher:
         priority: Priority | int | str = Priority.NORMAL,
     ) -> Event:
         """Build an event (validated, JSON-safe, stamped) and submit it; returns the event."""
-        event = make_event(type, data, worker=worker, source=source, priority=priority)
+        event = make_event(type, data, worker=worker, source=source, priority=priority,
+                           max_bytes=self.config.max_event_bytes)
         self._enqueue(event)
         return event
 

@@ -142,17 +142,23 @@ def json_safe(value: Any, path: str = "data") -> Any:
     Anything else raises TypeError naming the key path, e.g. ``data['stats']['when']``.
     NaN and infinities raise ValueError: JSON (and PostgreSQL's JSONB) cannot hold them.
     """
-    return _safe(value, path, 0)
+    return _safe(value, path, 0, [0])
 
 
 _PLAIN = (str, int, type(None), bool)  # copied as they are (bool: only True and False exist)
 
 
-def _safe(value: Any, path: str, depth: int) -> Any:
+def _safe(value: Any, path: str, depth: int, size: list[int]) -> Any:
+    """The JSON-safe copy of ``value``; adds about how many bytes of JSON it makes to size[0]
+    (string lengths, plus 8 per item: close enough to refuse the enormous, cheap enough to
+    count on every event)."""
     if value is None or value is True or value is False:
         return value
     cls = type(value)
-    if cls is str or cls is int:
+    if cls is str:
+        size[0] += len(value)
+        return value
+    if cls is int:
         return value
     if cls is float:
         if math.isfinite(value):
@@ -162,34 +168,42 @@ def _safe(value: Any, path: str, depth: int) -> Any:
         raise ValueError(f"{path} is nested more than {_MAX_DEPTH} levels deep (a cycle?)")
     if cls is dict or isinstance(value, Mapping):
         out: dict[str, Any] = {}
+        n = 8 * len(value)
         for k, v in value.items():
             if type(k) is not str:
                 k = _json_key(k, path)
+            n += len(k)
             # the common case inline: plain values are copied as they are, and a key path is
             # only built (it costs a repr) when there is something to descend into
             if type(v) in _PLAIN:
                 out[k] = v
+                if v.__class__ is str:
+                    n += len(v)
             else:
-                out[k] = _safe(v, _path(path, k), depth + 1)
+                out[k] = _safe(v, _path(path, k), depth + 1, size)
+        size[0] += n
         return out
     if isinstance(value, (list, tuple)):
-        return [_safe(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
+        size[0] += 8 * len(value)
+        return [_safe(v, f"{path}[{i}]", depth + 1, size) for i, v in enumerate(value)]
     if isinstance(value, (set, frozenset)):
-        items = [_safe(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
+        size[0] += 8 * len(value)
+        items = [_safe(v, f"{path}[{i}]", depth + 1, size) for i, v in enumerate(value)]
         try:
             items.sort()
         except TypeError:
             pass
         return items
     if isinstance(value, enum.Enum):
-        return _safe(value.value, path, depth + 1)
+        return _safe(value.value, path, depth + 1, size)
     if isinstance(value, bool):  # bool subclasses other than True/False do not exist; keep mypy calm
         return bool(value)
     if isinstance(value, int):
         return int(value)
     if isinstance(value, float):
-        return _safe(float(value), path, depth)
+        return _safe(float(value), path, depth, size)
     if isinstance(value, str):
+        size[0] += len(value)
         return str(value)
     if isinstance(value, decimal.Decimal):
         if not value.is_finite():
@@ -290,17 +304,27 @@ def make_event(
     source: str | None = None,
     worker: str | None = None,
     priority: "Priority | int | str" = Priority.NORMAL,
+    max_bytes: int | None = None,
 ) -> Event:
     """Build an Event now: validate, copy ``data`` into JSON types, stamp id and times.
 
     Raises TypeError or ValueError naming the bad field or key path; nothing is enqueued then.
+    ``max_bytes``: refuse (ValueError) data of about more than this many bytes of JSON
+    (string lengths plus 8 per item); an EventBatcher passes its ``max_event_bytes``.
     """
     etype = _check_name("type", type, required=True)
     assert etype is not None
     if data is None:
         payload: dict[str, Any] = {}
     elif data.__class__ is dict or isinstance(data, Mapping):
-        payload = _safe(data, "data", 0)
+        size = [0]
+        payload = _safe(data, "data", 0, size)
+        if max_bytes is not None and size[0] > max_bytes:
+            raise ValueError(
+                f"{etype} event data is about {size[0]:,} bytes of JSON, over "
+                f"max_event_bytes={max_bytes:,}; send a reference (a path, a URL, an id) "
+                "instead of the content, or raise the limit"
+            )
     else:
         raise TypeError(f"event data must be a mapping, got {type_name(data)}")
     return Event(
