@@ -21,6 +21,13 @@ setup(
         # wheel: the plugin test builds a small distribution and installs it
         "test": ["pytest>=7", "pytest-timeout>=2.1", "psycopg2-binary>=2.9", "wheel>=0.40"],
         "examples": ["Pillow>=10"],
+        # benchmark peers and profilers; bench/ only, never imported by the library or tests
+        "bench": [
+            "opentelemetry-sdk>=1.26",
+            "psycopg2-binary>=2.9",
+            "psutil>=5.9",
+            "pyinstrument>=4.6",
+        ],
     },
     entry_points={
         "console_scripts": ["timelapser-workers = timelapser_workers.cli:main"],
