@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import threading
 
@@ -39,8 +38,8 @@ def test_creates_table_and_indexes(db) -> None:
 def test_rows_keep_the_events_own_fields(db) -> None:
     sink = DatabaseSink(db.url, table=db.table)
     events = batch(3, priority=Priority.HIGH)
-    old = dataclasses.replace(make_event("JOB_STARTED", {"x": 1}), created_at=1_600_000_000.25)
-    agg = dataclasses.replace(make_event("JOBS_BATCH_COMPLETED", {"items": [1, 2]}), members=tuple(events[:2]))
+    old = make_event("JOB_STARTED", {"x": 1}).replace(created_at=1_600_000_000.25)
+    agg = make_event("JOBS_BATCH_COMPLETED", {"items": [1, 2]}).replace(members=tuple(events[:2]))
     sink.send(events + [old, agg])
     rows = db.rows()
     assert [r["event_id"] for r in rows] == [e.id for e in events + [old, agg]]
