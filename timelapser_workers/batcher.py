@@ -523,6 +523,12 @@ class EventBatcher:
             for event in raw:
                 self._dispatch_alone(event)
             return
+        if not any(lane.wants_aggregated for lane in lanes):  # nobody reads the merge: skip it
+            self._flushes += 1
+            batch = LaneBatch(raw)
+            for lane in lanes:
+                lane.put(batch)
+            return
         aggregated: list[Event] = []
         for unit in units:
             try:
@@ -536,8 +542,13 @@ class EventBatcher:
             self._batches_created += result.batches_created
             self._events_batched += result.events_batched
         self._flushes += 1
+        merged, unmerged = LaneBatch(aggregated), None
         for lane in lanes:
-            lane.put(LaneBatch(aggregated if lane.wants_aggregated else raw))
+            if lane.wants_aggregated:
+                lane.put(merged)
+            else:
+                unmerged = unmerged or LaneBatch(raw)
+                lane.put(unmerged)
 
     def _dispatch_alone(self, event: Event) -> None:
         lanes = self._lanes

@@ -206,7 +206,9 @@ def _fill(batcher, policy, capacity):
 @pytest.mark.parametrize("mode", ["drop_newest", "drop_oldest"])
 def test_drop_modes_count_every_drop_exactly(make_batcher, mode):
     policy, sink = _StalledPolicy(), MemorySink("raw", wants_aggregated=False)
-    batcher = make_batcher([sink], batch_size=1, max_queue_size=20, overflow=mode, aggregation=policy)
+    # the aggregated sink makes the flush thread call (and stall in) the policy
+    batcher = make_batcher([sink, MemorySink("agg")], batch_size=1, max_queue_size=20,
+                           overflow=mode, aggregation=policy)
     first, accepted = _fill(batcher, policy, 20)
     extra = [make_event("E", {"n": 100 + n}, worker="w") for n in range(7)]
     results = [batcher.submit(e) for e in extra]  # never raises in a drop mode
