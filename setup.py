@@ -22,6 +22,8 @@ setup(
             "pytest>=7",
             "pytest-timeout>=2.1",
             "psycopg2-binary>=2.9",
+            # wheel: the plugin test builds a small distribution and installs it
+            "wheel>=0.40",
             # SSE tests only: a real ASGI server, and a websocket client to drive headless Chromium.
             "uvicorn>=0.23",
             "websocket-client>=1.6",
@@ -30,11 +32,21 @@ setup(
             "starlette>=0.27",
         ],
         "examples": ["Pillow>=10"],
+        # benchmark peers and profilers; bench/ only, never imported by the library or tests
+        "bench": [
+            "opentelemetry-sdk>=1.26",
+            "psycopg2-binary>=2.9",
+            "psutil>=5.9",
+            "pyinstrument>=4.6",
+        ],
     },
     entry_points={
         "console_scripts": ["timelapser-workers = timelapser_workers.cli:main"],
         "timelapser_workers.sinks": [
             "memory = sinks.memory:MemorySink",
+            "sqlite = sinks.database:DatabaseSink",
+            "postgresql = sinks.database:DatabaseSink",
+            "log = sinks.log:LogSink",
             "sse = sinks.sse:SSESink",
         ],
     },

@@ -32,6 +32,7 @@ from sqlalchemy.engine.url import URL
 
 from sinks.base import Event, PermanentSinkError, Sink, TransientSinkError
 from sinks.dberrors import ErrorKind, classify_error
+from sinks.upsert import execute_rows
 from sinks.schema import DEFAULT_NOTIFY_CHANNEL, DEFAULT_TABLE, EVENT_COLUMNS, check_identifier, events_table
 
 __all__ = [
@@ -323,9 +324,14 @@ class DatabaseSink(Sink):
         stmt = self._insert_statement()
         rows = [event_row(e) for e in batch]
         with self.engine.begin() as conn:
-            result = conn.execute(stmt, rows)
-            stored = max(result.rowcount, 0) if self.dialect == "sqlite" else len(rows)
-            if self.notify_channel:
+            if self.dialect == "postgresql":
+                # With RETURNING, SQLAlchemy batches the rows into multi-row VALUES pages
+                # ("insertmanyvalues"), and the ids returned count what was really inserted.
+                stored = len(conn.execute(stmt.returning(self.table.c.id), rows).all())
+            else:
+                execute_rows(conn, stmt, rows)
+                stored = len(rows)  # at most: rows already stored are skipped
+            if self.notify_channel and stored:
                 conn.execute(sa.select(sa.func.pg_notify(self.notify_channel, self.table.name)))
         return stored
 

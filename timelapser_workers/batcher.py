@@ -16,7 +16,6 @@ import atexit
 import collections
 import logging
 import os
-import queue
 import threading
 import time
 import weakref
@@ -51,35 +50,100 @@ class FlushResult(NamedTuple):
         return self.pending == 0
 
 
-class _Ingress(queue.Queue):  # type: ignore[type-arg]
-    """The bounded event queue, plus control items that bypass the bound."""
+class _Ingress:
+    """The bounded event queue between producers and the flush thread.
 
-    def put_control(self, item: Any) -> None:
+    A put takes one plain lock and appends; it wakes the flush thread only when that thread
+    needs waking: it sleeps without a deadline, ``wake_at`` events are queued (the fewest that
+    could complete a group of ``batch_size``; the flush thread sets it before sleeping), or the
+    event is urgent. So a burst costs the producers no thread switch per event. Control items
+    (flush requests, stop) bypass the bound and always wake.
+    """
+
+    def __init__(self, maxsize: int, wake_at: int = 1) -> None:
+        self.maxsize = maxsize
+        self.wake_at = wake_at
+        self.items: collections.deque[Any] = collections.deque()
+        self.mutex = threading.Lock()
+        self.not_full = threading.Condition(self.mutex)
+        self.blocked = 0  # producers waiting in put_wait
+        self.wakeup = threading.Event()
+        self.idle = False  # the flush thread sleeps with no deadline
+
+    def qsize(self) -> int:
+        return len(self.items)
+
+    def _wake(self, depth: int, urgent: bool) -> None:
+        if (urgent or self.idle or depth >= self.wake_at) and not self.wakeup.is_set():
+            self.wakeup.set()
+
+    def put(self, item: Event, urgent: bool) -> bool:
+        """Append unless full; False if full (the item was not queued)."""
         with self.mutex:
-            self.queue.append(item)
-            self.not_empty.notify()
+            depth = len(self.items)
+            if depth >= self.maxsize:
+                return False
+            self.items.append(item)
+        self._wake(depth + 1, urgent)
+        return True
 
-    def put_drop_oldest(self, item: Any) -> Any:
+    def put_wait(self, item: Event, urgent: bool, timeout: float) -> bool:
+        """Append, waiting up to ``timeout`` seconds for room; False if none came."""
+        with self.mutex:
+            if len(self.items) >= self.maxsize:
+                deadline = time.monotonic() + timeout
+                self.blocked += 1
+                try:
+                    while len(self.items) >= self.maxsize:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            return False
+                        if not self.wakeup.is_set():
+                            self.wakeup.set()  # a full queue is worth draining now
+                        self.not_full.wait(left)
+                finally:
+                    self.blocked -= 1
+            self.items.append(item)
+            depth = len(self.items)
+        self._wake(depth, urgent)
+        return True
+
+    def put_drop_oldest(self, item: Any, urgent: bool) -> Any:
         """Put without waiting; when full, remove and return the oldest event first."""
         with self.mutex:
             dropped = None
-            if 0 < self.maxsize <= len(self.queue):
-                for i, old in enumerate(self.queue):
-                    if isinstance(old, (Event, _Unbatched)):
+            if len(self.items) >= self.maxsize:
+                for i, old in enumerate(self.items):
+                    if type(old) is Event or type(old) is _Unbatched:
                         dropped = old
-                        del self.queue[i]
+                        del self.items[i]
                         break
-            self.queue.append(item)
-            self.not_empty.notify()
-            return dropped
+            self.items.append(item)
+            depth = len(self.items)
+        self._wake(depth, urgent)
+        return dropped
+
+    def put_control(self, item: Any) -> None:
+        with self.mutex:
+            self.items.append(item)
+        self.wakeup.set()
+
+    def sleep(self, timeout: float | None) -> None:
+        """The flush thread waits for a wake-up or ``timeout``; at once if anything is queued."""
+        self.idle = timeout is None
+        if not self.items:  # read after idle is set: a put that we miss here will see idle
+            self.wakeup.wait(timeout)
+        self.idle = False
+        self.wakeup.clear()  # what woke us is drained next
 
     def drain(self) -> list[Any]:
         """Take everything queued now, without waiting."""
         with self.mutex:
-            items = list(self.queue)
-            self.queue.clear()
-            self.not_full.notify_all()
-            return items
+            items = list(self.items)
+            self.items.clear()
+            if self.blocked:
+                self.not_full.notify_all()
+        return items
 
 
 class _FlushRequest:
@@ -162,6 +226,7 @@ class EventBatcher:
         block_timeout: float | None = None,
         lane_max_events: int | None = None,
         shutdown_timeout: float | None = None,
+        max_event_bytes: int | None = None,
         flush_priority: Priority | int | str | None = None,
         use_batching: bool = True,
         aggregation: AggregationPolicy | None = None,
@@ -173,6 +238,7 @@ class EventBatcher:
             retry_delay=retry_delay, retry_max_delay=retry_max_delay,
             max_queue_size=max_queue_size, overflow=overflow, block_timeout=block_timeout,
             lane_max_events=lane_max_events, shutdown_timeout=shutdown_timeout,
+            max_event_bytes=max_event_bytes,
             flush_priority=flush_priority, use_batching=use_batching,
         )
         self.name = name
@@ -192,6 +258,8 @@ class EventBatcher:
         """Queue, thread and counters: built here and again in a forked child."""
         self._lock = threading.Lock()
         self._queue = _Ingress(self.config.max_queue_size)
+        self._overflow = self.config.overflow  # read on every put: one attribute, not two
+        self._flush_priority = self.config.flush_priority
         self._thread: threading.Thread | None = None
         self._warnings = _RateLimitedWarnings()
         self._taken = 0  # events taken off the queue by the flush thread (its counter alone)
@@ -279,7 +347,8 @@ class EventBatcher:
                 data = {**kwargs, "data": extra}
             try:
                 event = make_event(
-                    event_type, data, source=source, worker=_sender_name(sender), priority=priority
+                    event_type, data, source=source, worker=_sender_name(sender), priority=priority,
+                    max_bytes=self.config.max_event_bytes,
                 )
             except (TypeError, ValueError) as exc:
                 # a bad payload must not raise into the worker's send(): refuse it, count it, say it
@@ -322,7 +391,8 @@ class EventBatcher:
         priority: Priority | int | str = Priority.NORMAL,
     ) -> Event:
         """Build an event (validated, JSON-safe, stamped) and submit it; returns the event."""
-        event = make_event(type, data, worker=worker, source=source, priority=priority)
+        event = make_event(type, data, worker=worker, source=source, priority=priority,
+                           max_bytes=self.config.max_event_bytes)
         self._enqueue(event, event)
         return event
 
@@ -335,28 +405,25 @@ class EventBatcher:
             )
         if self._thread is None:
             self._start()
-        mode = self.config.overflow
+        urgent = item is not event or event.priority >= self._flush_priority  # unbatched: at once
+        mode = self._overflow
         if mode == "drop_newest":
-            try:
-                self._queue.put_nowait(item)
+            if self._queue.put(item, urgent):
                 return True
-            except queue.Full:
-                self._drop("drop_newest")
-                return False
+            self._drop("drop_newest")
+            return False
         if mode == "drop_oldest":
-            if self._queue.put_drop_oldest(item) is not None:
+            if self._queue.put_drop_oldest(item, urgent) is not None:
                 self._drop("drop_oldest")
                 return False
             return True
-        try:
-            self._queue.put(item, timeout=self.config.block_timeout)
+        if self._queue.put_wait(item, urgent, self.config.block_timeout):
             return True
-        except queue.Full:
-            self._drop("block_timeout")
-            raise QueueFullError(
-                f"batcher {self.name!r} queue stayed full ({self.config.max_queue_size} events) "
-                f"for block_timeout={self.config.block_timeout}s; {event.type} event {event.id} dropped"
-            ) from None
+        self._drop("block_timeout")
+        raise QueueFullError(
+            f"batcher {self.name!r} queue stayed full ({self.config.max_queue_size} events) "
+            f"for block_timeout={self.config.block_timeout}s; {event.type} event {event.id} dropped"
+        )
 
     def _drop(self, reason: str) -> None:
         with self._lock:
@@ -380,20 +447,20 @@ class EventBatcher:
     def _run(self) -> None:
         cfg = self.config
         buffers: dict[str | None, _WorkerBuffer] = {}
-        get, drain = self._queue.get, self._queue.drain
+        ingress = self._queue
+        sleep, drain = ingress.sleep, ingress.drain
         stopping = False
         while not stopping:
             if buffers:
                 wait = min(b.oldest for b in buffers.values()) + cfg.batch_timeout - time.monotonic()
-                try:
-                    first = get(timeout=max(wait, 0.0))
-                except queue.Empty:
-                    first = None
+                # the fewest new events that could bring some group to batch_size
+                fullest = max(max(b.counts.values()) for b in buffers.values())
+                ingress.wake_at = max(1, cfg.batch_size - fullest)
+                sleep(max(wait, 0.0))
             else:
-                first = get()  # idle: sleep until something arrives (close() sends _STOP)
+                ingress.wake_at = cfg.batch_size if cfg.use_batching else 1
+                sleep(None)  # idle: sleep until something arrives (close() sends _STOP)
             items = drain()
-            if first is not None:
-                items.insert(0, first)
             taken_before = self._taken
             units: list[list[Event]] = []
             for item in items:
@@ -456,15 +523,32 @@ class EventBatcher:
             for event in raw:
                 self._dispatch_alone(event)
             return
+        if not any(lane.wants_aggregated for lane in lanes):  # nobody reads the merge: skip it
+            self._flushes += 1
+            batch = LaneBatch(raw)
+            for lane in lanes:
+                lane.put(batch)
+            return
         aggregated: list[Event] = []
         for unit in units:
-            result = self.policy.aggregate(unit)
+            try:
+                result = self.policy.aggregate(unit)
+            except Exception:  # a broken policy must not stop delivery: send these unmerged
+                logger.exception("aggregation policy %r failed; delivering %d event(s) unmerged",
+                                 self.policy, len(unit))
+                aggregated.extend(unit)
+                continue
             aggregated.extend(result.events)
             self._batches_created += result.batches_created
             self._events_batched += result.events_batched
         self._flushes += 1
+        merged, unmerged = LaneBatch(aggregated), None
         for lane in lanes:
-            lane.put(LaneBatch(aggregated if lane.wants_aggregated else raw))
+            if lane.wants_aggregated:
+                lane.put(merged)
+            else:
+                unmerged = unmerged or LaneBatch(raw)
+                lane.put(unmerged)
 
     def _dispatch_alone(self, event: Event) -> None:
         lanes = self._lanes

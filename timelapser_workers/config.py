@@ -29,6 +29,7 @@ _SETTING_NAMES = {
     "block_timeout": "EVENT_QUEUE_BLOCK_TIMEOUT_SECONDS",
     "lane_max_events": "SINK_LANE_MAX_EVENTS",
     "shutdown_timeout": "SHUTDOWN_TIMEOUT_SECONDS",
+    "max_event_bytes": "MAX_EVENT_BYTES",
 }
 
 
@@ -63,6 +64,7 @@ class BatcherConfig:
     block_timeout: float
     lane_max_events: int
     shutdown_timeout: float
+    max_event_bytes: int
     flush_priority: Priority = Priority.HIGH
     use_batching: bool = True
 
@@ -92,6 +94,7 @@ class BatcherConfig:
         _int("lane_max_events", self.lane_max_events, 1)
         _seconds("block_timeout", self.block_timeout, positive=True)
         _seconds("shutdown_timeout", self.shutdown_timeout)
+        _int("max_event_bytes", self.max_event_bytes, 1)
         if self.overflow not in OVERFLOW_MODES:
             raise ValueError(f"overflow={self.overflow!r} must be one of {', '.join(OVERFLOW_MODES)}")
         if not isinstance(self.use_batching, bool):

@@ -21,6 +21,7 @@ __all__ = [
     "EVENT_QUEUE_BLOCK_TIMEOUT_SECONDS",
     "SINK_LANE_MAX_EVENTS",
     "SHUTDOWN_TIMEOUT_SECONDS",
+    "MAX_EVENT_BYTES",
     "DEAD_LETTER_PATH",
     "LOG_BATCH_SIZE",
     "LOG_BATCH_TIMEOUT_SECONDS",
@@ -46,6 +47,9 @@ EVENT_QUEUE_BLOCK_TIMEOUT_SECONDS = 1.0
 SINK_LANE_MAX_EVENTS = 10_000
 # close() and the atexit hook give up after this long.
 SHUTDOWN_TIMEOUT_SECONDS = 5.0
+# An event's data may be about this many bytes of JSON at most (1 MiB); larger is refused
+# with ValueError where it is made. Events are notices, not file transfers.
+MAX_EVENT_BYTES = 1_048_576
 # Where the default dead-letter handler appends batches that could not be delivered.
 DEAD_LETTER_PATH = "timelapser-dead-letter.jsonl"
 # Log-record batching (BatchingDatabaseHandler).

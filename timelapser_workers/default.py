@@ -3,6 +3,7 @@ one flush thread per process, not one per worker."""
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -12,6 +13,14 @@ __all__ = ["get_default_batcher", "set_default_batcher"]
 
 _lock = threading.Lock()
 _default: EventBatcher | None = None
+
+
+def _reset_lock_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # another thread may have held it at fork
+
+
+os.register_at_fork(after_in_child=_reset_lock_in_child)
 
 
 def get_default_batcher(**settings: Any) -> EventBatcher:

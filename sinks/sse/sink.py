@@ -12,9 +12,13 @@ __all__ = ["SSESink"]
 
 log = logging.getLogger(__name__)
 
+_HUB_DEFAULTS = {"replay_events": 1000, "client_queue_events": 1000, "max_clients": 1000, "named_events": False}
+
 
 class SSESink(Sink):
-    """Publish every batch to ``hub`` (made from ``hub_options`` when not given).
+    """Publish every batch to ``hub`` (made from the hub options when not given; see SSEHub).
+
+    Loadable by name: ``load_sink("sse?replay_events=5000")``.
 
     ``send`` never waits for a browser: it builds each frame once and queues it per client.
     Serve the hub with :meth:`wsgi_app` or :meth:`asgi_app`.
@@ -28,13 +32,24 @@ class SSESink(Sink):
         *,
         name: str = "sse",
         wants_aggregated: bool = True,
-        **hub_options: Any,
+        replay_events: int = 1000,
+        client_queue_events: int = 1000,
+        max_clients: int = 1000,
+        named_events: bool = False,
     ) -> None:
-        if hub is not None and hub_options:
-            raise TypeError(f"give SSESink a hub or hub options, not both (got {sorted(hub_options)})")
+        options = {
+            "replay_events": replay_events,
+            "client_queue_events": client_queue_events,
+            "max_clients": max_clients,
+            "named_events": named_events,
+        }
+        if hub is not None:
+            changed = sorted(k for k, v in options.items() if v != _HUB_DEFAULTS[k])
+            if changed:
+                raise TypeError(f"give SSESink a hub or hub options, not both (got {changed})")
         self.name = name
         self.wants_aggregated = wants_aggregated
-        self.hub = hub if hub is not None else SSEHub(**hub_options)
+        self.hub = hub if hub is not None else SSEHub(**options)
 
     def send(self, batch: Sequence[Event]) -> None:
         self.hub.publish(batch)

@@ -206,7 +206,9 @@ def _fill(batcher, policy, capacity):
 @pytest.mark.parametrize("mode", ["drop_newest", "drop_oldest"])
 def test_drop_modes_count_every_drop_exactly(make_batcher, mode):
     policy, sink = _StalledPolicy(), MemorySink("raw", wants_aggregated=False)
-    batcher = make_batcher([sink], batch_size=1, max_queue_size=20, overflow=mode, aggregation=policy)
+    # the aggregated sink makes the flush thread call (and stall in) the policy
+    batcher = make_batcher([sink, MemorySink("agg")], batch_size=1, max_queue_size=20,
+                           overflow=mode, aggregation=policy)
     first, accepted = _fill(batcher, policy, 20)
     extra = [make_event("E", {"n": 100 + n}, worker="w") for n in range(7)]
     results = [batcher.submit(e) for e in extra]  # never raises in a drop mode
@@ -339,3 +341,19 @@ def test_stats_report_latency_and_queue(make_batcher):
 def test_two_sinks_with_the_same_name_get_distinct_lanes(make_batcher):
     batcher = make_batcher([MemorySink(), MemorySink()])
     assert list(batcher.stats()["sinks"]) == ["memory", "memory#2"]
+
+
+def test_a_broken_aggregation_policy_delivers_unmerged_instead_of_stopping(make_batcher, caplog):
+    class Broken(AggregationPolicy):
+        def aggregate(self, events):
+            raise RuntimeError("policy bug")
+
+    sink = MemorySink()
+    batcher = make_batcher([sink], aggregation=Broken(), batch_timeout=0.01)
+    for i in range(3):
+        batcher.emit(JOB_STARTED, {"job_id": i}, worker="w")
+    assert batcher.flush(timeout=5).pending == 0
+    assert [e.data["job_id"] for e in sink.events] == [0, 1, 2]
+    assert "policy bug" in caplog.text
+    batcher.emit(JOB_STARTED, {"job_id": 3}, worker="w")  # the flush thread is still alive
+    assert sink.wait_for(4, timeout=5)

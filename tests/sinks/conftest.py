@@ -62,6 +62,21 @@ class Db:
             out.append(row)
         return out
 
+    def kill_backends(self, waiting_on_lock: bool = False, timeout: float = 10.0) -> int:
+        """pg_terminate_backend on this test's own backends (found by application_name), polling
+        until at least one is found (and waits on a lock, if asked) or ``timeout`` passes."""
+        import time
+
+        sql = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s"
+        if waiting_on_lock:
+            sql += " AND wait_event_type = 'Lock'"
+        deadline = time.monotonic() + timeout
+        while True:
+            killed = self.query(sql, (self.app_name,))
+            if killed or time.monotonic() >= deadline:
+                return sum(1 for (ok,) in killed if ok)
+            time.sleep(0.01)
+
     def refuse_type(self, event_type: str) -> None:
         """Install a trigger that refuses rows of ``event_type``: a real row-level failure."""
         self.execute_script(

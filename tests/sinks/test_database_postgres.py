@@ -96,3 +96,12 @@ def test_server_unreachable_then_back(postgres_url: str, table: str, pg_conn) ->
         sink.close()
     finally:
         proxy.close()
+
+
+def test_a_pooled_connection_killed_while_idle_is_replaced_not_reused(pg_db) -> None:
+    sink = DatabaseSink(pg_db.url, table=pg_db.table)
+    sink.send([make_event("JOB_STARTED")])  # leaves one idle connection in the pool
+    assert pg_db.kill_backends() == 1
+    sink.send([make_event("JOB_STARTED")])  # pre-ping finds it dead and connects afresh
+    assert len(pg_db.event_ids()) == 2
+    sink.close()

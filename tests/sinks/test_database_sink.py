@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import threading
-import time
 
 import pytest
 import sqlalchemy as sa
@@ -40,8 +38,8 @@ def test_creates_table_and_indexes(db) -> None:
 def test_rows_keep_the_events_own_fields(db) -> None:
     sink = DatabaseSink(db.url, table=db.table)
     events = batch(3, priority=Priority.HIGH)
-    old = dataclasses.replace(make_event("JOB_STARTED", {"x": 1}), created_at=1_600_000_000.25)
-    agg = dataclasses.replace(make_event("JOBS_BATCH_COMPLETED", {"items": [1, 2]}), members=tuple(events[:2]))
+    old = make_event("JOB_STARTED", {"x": 1}).replace(created_at=1_600_000_000.25)
+    agg = make_event("JOBS_BATCH_COMPLETED", {"items": [1, 2]}).replace(members=tuple(events[:2]))
     sink.send(events + [old, agg])
     rows = db.rows()
     assert [r["event_id"] for r in rows] == [e.id for e in events + [old, agg]]
@@ -132,19 +130,11 @@ def test_a_locked_database_is_transient_and_the_retry_succeeds(db) -> None:
 
         t = threading.Thread(target=write)
         t.start()
-        deadline = time.monotonic() + 10
-        killed = []
-        while not killed and time.monotonic() < deadline:
-            killed = db.query(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE application_name = %s AND wait_event_type = 'Lock'",
-                (db.app_name,),
-            )
-            time.sleep(0.02)
+        killed = db.kill_backends(waiting_on_lock=True)
         holder.rollback()
         holder.close()
         t.join(timeout=10)
-        assert killed == [(True,)], "the sink's backend never waited on the lock"
+        assert killed == 1, "the sink's backend never waited on the lock"
         assert len(outcome) == 1 and isinstance(outcome[0], TransientSinkError), outcome
     assert db.event_ids() == []
     sink.send(events)  # the retry: a fresh connection (the dead one was invalidated)
@@ -183,3 +173,35 @@ def test_table_name_is_validated(bad: str, tmp_path) -> None:
 def test_bad_target_names_the_value() -> None:
     with pytest.raises(TypeError, match="42"):
         DatabaseSink(42)  # type: ignore[arg-type]
+
+
+def test_a_forked_child_uses_its_own_connections(db) -> None:
+    """The child drops the inherited pool without closing it under the parent; both keep writing."""
+    import os
+    import time
+
+    sink = DatabaseSink(db.url, table=db.table)
+    sink.send(batch(1))  # the parent now holds a pooled connection
+    child_events = batch(3)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            sink.after_fork_in_child()
+            sink.send(child_events)
+            code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 20
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    if not done:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    assert done and os.waitstatus_to_exitcode(status) == 0
+    sink.send(batch(2))  # the parent's connection survived the child
+    assert len(db.event_ids()) == 6
+    sink.close()

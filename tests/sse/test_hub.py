@@ -84,3 +84,13 @@ def test_allowed_channels_are_any_of_worker_source_type():
     assert sub.matches("b", None, "JOB_FAILED")
     assert not sub.matches("b", "s", "JOB_STARTED")
     assert Subscription(allowed=frozenset({"*"})).matches(None, None, "X")
+
+
+def test_sse_sink_loads_by_name_with_typed_options():
+    from sinks.registry import load_sink
+    from sinks.sse import SSESink
+
+    sink = load_sink("sse?replay_events=5&named_events=true")
+    assert isinstance(sink, SSESink) and sink.hub.replay_events == 5 and sink.hub.named_events is True
+    with pytest.raises(TypeError, match="replay_events"):
+        SSESink(SSEHub(), replay_events=5)
