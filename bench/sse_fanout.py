@@ -1,6 +1,6 @@
 """Fan-out latency of the SSE hub to many clients, WSGI and ASGI, on 127.0.0.1.
 
-    python bench/sse_fanout.py [--clients 200] [--batches 50] [--batch-size 10]
+    python bench/sse_fanout.py [--clients 200] [--batches 50] [--batch-size 10] [--rate 50]
 
 The server (hub, app, publisher) runs in this process; the clients run as threads in a child
 process, so their parsing does not share the server's interpreter lock. Latency is from
@@ -62,7 +62,7 @@ def client_main(port: int, clients: int, expected: int, deadline_s: float) -> No
     print(json.dumps({"in_order": sum(ok for ok, _ in results), "lat": [lat[len(lat) // 2], lat[int(len(lat) * 0.99)], lat[-1]] if lat else None}), flush=True)
 
 
-def run(kind: str, clients: int, batches: int, batch_size: int) -> dict:
+def run(kind: str, clients: int, batches: int, batch_size: int, rate: float) -> dict:
     from sinks.sse import SSEHub
     from sinks.sse.asgi import SSEAsgiApp
     from sinks.sse.wsgi import ServerThread, SSEWsgiApp, make_server
@@ -99,7 +99,7 @@ def run(kind: str, clients: int, batches: int, batch_size: int) -> dict:
             batch.append(make_event("JOB_COMPLETED", {"seq": seq, "t": time.time()}, worker="bench"))
             seq += 1
         hub.publish(batch)
-        time.sleep(0.02)  # 50 batches a second, like a busy batcher
+        time.sleep(1.0 / rate)
     result = json.loads(child.stdout.readline())
     child.wait(30)
     hub.close()
@@ -119,11 +119,12 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--batches", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--rate", type=float, default=50.0, help="batches published per second")
     args = parser.parse_args()
-    print(f"{args.clients} clients, {args.batches} batches of {args.batch_size} events, 50 batches/s\n")
+    print(f"{args.clients} clients, {args.batches} batches of {args.batch_size} events, {args.rate:g} batches/s\n")
     print(f"{'app':6} {'in order':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     for kind in ("wsgi", "asgi"):
-        r = run(kind, args.clients, args.batches, args.batch_size)
+        r = run(kind, args.clients, args.batches, args.batch_size, args.rate)
         p50, p99, mx = (x * 1000 for x in r["lat"])
         print(f"{kind:6} {r['in_order']:>5}/{args.clients:<3} {p50:8.1f} {p99:8.1f} {mx:8.1f}")
     return 0

@@ -5,6 +5,8 @@ DatabaseEventSource that tails the events table into a hub across processes.
     app = sink.wsgi_app()                       # or sink.asgi_app(); mount at /events
 """
 
+from typing import Any
+
 from sinks.sse.endpoint import SSEEndpoint, SSERequest
 from sinks.sse.hub import STREAM_RESET, HubFullError, SSEClient, SSEHub, Subscription
 from sinks.sse.sink import SSESink
@@ -27,7 +29,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):  # the ASGI app and the database source load on first use
+def __getattr__(name: str) -> Any:  # the ASGI app and the database source load on first use
     if name == "SSEAsgiApp":
         from sinks.sse.asgi import SSEAsgiApp
 
