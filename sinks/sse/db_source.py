@@ -305,7 +305,6 @@ class DatabaseEventSource:
         """Read what is new (and what was missing) from the table into the hub; return rows taken."""
         with self._lock:
             before = self.counters["rows_delivered"]
-            self.counters["polls"] += 1
             with self.engine.connect() as conn:
                 settled: list[_Gap] = []
                 if self._gaps:
@@ -345,4 +344,5 @@ class DatabaseEventSource:
                         log.debug("ids %s of %s never committed (rolled back)", sorted(lost)[:10], self.table)
                     self._gaps.remove(gap)
                 self._gaps = [g for g in self._gaps if g.ids & self.missing]
+            self.counters["polls"] += 1  # completed polls: a test can wait for "read after X"
             return self.counters["rows_delivered"] - before
