@@ -87,6 +87,8 @@ class DatabaseEventSource:
     ``poll_interval_seconds``: the fallback poll (default 2.0 on PostgreSQL, 0.5 on SQLite).
     ``gap_poll_seconds``: the poll while ids are missing. ``backfill_events``: rows loaded into the
     hub's replay buffer at start, so browsers can resume across a restart of the web process.
+    ``max_gap_ids``: a jump in ids larger than this is a sequence jump, not transactions in
+    flight; those ids are not waited for (counted in ``gaps_given_up``, logged).
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class DatabaseEventSource:
         gap_grace_seconds: float = 0.5,
         backfill_events: int = 100,
         batch_rows: int = 1000,
+        max_gap_ids: int = 10_000,
         listen: bool = True,
     ) -> None:
         self._own_engine = isinstance(engine, str)
@@ -119,6 +122,7 @@ class DatabaseEventSource:
         self.gap_grace_seconds = gap_grace_seconds
         self.backfill_events = backfill_events
         self.batch_rows = batch_rows
+        self.max_gap_ids = max_gap_ids
         self.listen = listen and self.is_postgres
         if self.listen and self.engine.dialect.driver != "psycopg2":
             log.warning(
@@ -280,7 +284,15 @@ class DatabaseEventSource:
         for row in rows:
             rid = int(row.id)
             if rid > self.top:
-                new_missing.update(range(self.top + 1, rid))
+                jump = rid - self.top - 1
+                if jump > self.max_gap_ids:  # a sequence reset or jump, not transactions in flight
+                    self.counters["gaps_given_up"] += jump
+                    log.warning(
+                        "%s ids jumped from %d to %d; not waiting for the %d ids between "
+                        "(more than max_gap_ids=%d)", self.table, self.top, rid, jump, self.max_gap_ids,
+                    )
+                else:
+                    new_missing.update(range(self.top + 1, rid))
                 self.top = rid
                 fresh.append(row)
             elif rid in self.missing:

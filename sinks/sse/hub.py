@@ -106,6 +106,7 @@ class SSEClient:
             frames = list(self._frames)
             self._frames.clear()
             self._ready.clear()
+            self.max_queue = self.hub.client_queue_events  # a resume backlog, once taken, is gone
         return frames
 
     def wait(self, timeout: float) -> bool:

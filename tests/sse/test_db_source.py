@@ -177,3 +177,22 @@ def test_cross_process_two_writers_one_tailer_every_row_once(pg_engine, pg_table
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def test_a_huge_id_jump_is_not_waited_for(sqlite_engine):
+    engine, table = sqlite_engine
+    hub = SSEHub()
+    sink = DatabaseSink(engine, table=table)
+    sink.send(events(1))
+    with engine.begin() as conn:  # e.g. a restored dump or a reset sequence
+        conn.execute(sa.text(f"UPDATE {table} SET id = 50000"))
+    source = DatabaseEventSource(engine, hub, table=table, backfill_events=0, max_gap_ids=100)
+    source._backfill()
+    sink.send(events(2))
+    source.poll_once()
+    assert len(hub.replay_ids()) == 2 and source.stats()["missing_ids"] == 0
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"INSERT INTO {table} (id, event_id, type, data, priority, created_at, batch_count) "
+                             "VALUES (60000, 'far', 'T', '{}', 'NORMAL', '2026-01-01 00:00:00', 1)"))
+    assert source.poll_once() == 1
+    assert source.stats()["missing_ids"] == 0 and source.stats()["gaps_given_up"] >= 9000
