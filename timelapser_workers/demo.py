@@ -106,6 +106,9 @@ def run_once(
     examples = _load_examples()
     mode = "batched" if use_batching else "one by one"
     db = DatabaseSink(db_url, table=table)
+    # Create the table (and open the first connection) now: a one-off setup, not the cost of
+    # delivering an event (it put ~25 ms on the first batch, which is 2-3% of a short run: p99).
+    db.ensure_table()
     sse = CountingSSESink()
     batcher = EventBatcher([db, sse], name=f"demo-{'batched' if use_batching else 'single'}",
                            dead_letter=workdir / "dead-letter.jsonl", use_batching=use_batching)

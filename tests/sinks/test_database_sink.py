@@ -205,3 +205,31 @@ def test_a_forked_child_uses_its_own_connections(db) -> None:
     sink.send(batch(2))  # the parent's connection survived the child
     assert len(db.event_ids()) == 6
     sink.close()
+
+
+def test_sqlite_rows_are_what_sqlalchemys_insert_would_store(tmp_path) -> None:
+    """The SQLite write skips SQLAlchemy's per-row processing; the stored text must not differ."""
+    import sqlite3
+
+    from sinks.database import event_row
+
+    path = tmp_path / "events.db"
+    fast = DatabaseSink(f"sqlite:///{path}", table="fast")
+    ref = DatabaseSink(f"sqlite:///{path}", table="ref")
+    events = batch(5) + [make_event("JOB_STARTED", {"n": None, "f": 0.5, "l": [1, {"a": "\u2603"}]},
+                                    source=None).replace(created_at=1_600_000_000.0)]
+    fast.send(events)
+    ref.ensure_table()
+    with ref.engine.begin() as conn:  # SQLAlchemy's compiled INSERT, the reference
+        conn.execute(ref.table.insert(), [event_row(e) for e in events])
+    cols = "event_id, type, data, priority, source, worker, created_at, batch_count"
+    with sqlite3.connect(path) as conn:
+        got = conn.execute(f"SELECT {cols} FROM fast ORDER BY id").fetchall()
+        want = conn.execute(f"SELECT {cols} FROM ref ORDER BY id").fetchall()
+    assert got == want
+    with fast.engine.connect() as conn:  # and it reads back through SQLAlchemy as it was written
+        row = conn.execute(sa.select(fast.table).order_by(fast.table.c.id.desc()).limit(1)).one()
+    assert row.data == events[-1].data
+    assert row.created_at.replace(tzinfo=dt.timezone.utc) == events[-1].created_datetime
+    fast.close()
+    ref.close()
