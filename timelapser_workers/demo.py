@@ -1,16 +1,25 @@
 """The demo: the three example workers on a bursty timelapse workload, run twice (batched and
-one event at a time) into a real database, with what batching saved, measured.
+one event at a time) into a real database and a real SSE stream, with what batching saved,
+measured.
 
     timelapser-workers demo [--duration 10] [--db sqlite:///demo.db | postgresql://...]
+    timelapser-workers demo --serve [--port 8765]      # the live dashboard, until Ctrl-C
 
 ``lost`` is counted from the database (the sum of stored rows' batch_count) against what the
 workers emitted (counted by an independent signal receiver); the demo fails if it is not 0.
+SSE messages are counted by a real client reading the stream over a socket.
+
+This is an application of the library (it runs the examples), not part of the core: it is
+the one module of timelapser_workers that uses concrete sinks.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import importlib
+import importlib.util
+import socket
 import sys
 import tempfile
 import threading
@@ -21,7 +30,6 @@ from typing import Any, Callable, Sequence
 
 import sqlalchemy as sa
 
-from sinks.base import Event, Sink
 from timelapser_workers import EventBatcher, signals
 
 __all__ = ["run_demo", "DemoRun", "add_arguments", "main"]
@@ -47,16 +55,52 @@ class DemoRun:
         return self.emitted - self.stored_events
 
 
-class CountingSSESink(Sink):
-    """Stands where the SSE hub goes: one SSE message per event it is sent."""
+class _SSEClient(threading.Thread):
+    """A real SSE client on a real socket: counts the event messages (``id:`` lines) it gets."""
 
-    name = "sse"
-
-    def __init__(self) -> None:
+    def __init__(self, host: str, port: int, path: str = "/events") -> None:
+        super().__init__(name="demo-sse-client", daemon=True)
         self.messages = 0
+        self._conn = http.client.HTTPConnection(host, port, timeout=10)
+        self._conn.request("GET", path, headers={"Accept": "text/event-stream"})
+        self._response = self._conn.getresponse()
+        if self._response.status != 200:
+            raise RuntimeError(f"SSE endpoint answered {self._response.status}")
+        self.start()
 
-    def send(self, batch: Sequence[Event]) -> None:
-        self.messages += len(batch)
+    def run(self) -> None:
+        try:
+            for line in self._response:
+                if line.startswith(b"id:"):
+                    self.messages += 1
+        except (OSError, ValueError, http.client.HTTPException):
+            pass  # closed by us or by the server
+
+    def wait_for(self, count: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.messages < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.messages >= count
+
+    def close(self) -> None:
+        try:
+            self._conn.sock and self._conn.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._conn.close()
+        self.join(5)
+
+
+def _load_dashboard() -> Any:
+    """examples/dashboard/serve.py: the page and its WSGI app (a file, not a package)."""
+    path = EXAMPLES / "dashboard" / "serve.py"
+    spec = importlib.util.spec_from_file_location("timelapser_dashboard", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"the dashboard {path} was not found (run from a source checkout)")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 class _EmitCounter:
@@ -88,6 +132,61 @@ def _load_examples() -> Any:
     return importlib.import_module("scheduler_worker")
 
 
+class _Pipeline:
+    """The demo's wiring: DatabaseSink + SSESink behind one batcher, the dashboard's WSGI app
+    on 127.0.0.1, and the three example workers (not yet started)."""
+
+    def __init__(self, db_url: str, table: str, *, use_batching: bool, workdir: Path,
+                 cameras: int, period: float, host: str = "127.0.0.1", port: int = 0) -> None:
+        from sinks.database import DatabaseSink
+        from sinks.sse import SSESink
+        from sinks.sse.wsgi import ServerThread, make_server
+
+        examples = _load_examples()
+        self.table = table
+        self.db = DatabaseSink(db_url, table=table)
+        # Create the table (and open the first connection) now: one-off setup, not the cost
+        # of delivering an event (it put ~25 ms on the first batch: the p99 of a short run).
+        self.db.ensure_table()
+        self.sse = SSESink(replay_events=5000)
+        self.batcher = EventBatcher(
+            [self.db, self.sse], name=f"demo-{'batched' if use_batching else 'single'}",
+            dead_letter=workdir / "dead-letter.jsonl", use_batching=use_batching,
+        )
+        app = _load_dashboard().make_app(self.sse, self.batcher.stats)
+        self.server = ServerThread(make_server(app, host, port)).start()
+        self.workers = examples.build_pipeline(workdir / table, self.batcher, cameras=cameras,
+                                               period=period, use_batching=use_batching)
+        self.counter = _EmitCounter(self.workers)
+
+    def start(self) -> None:
+        for worker in self.workers:
+            worker.start()
+
+    def progress_line(self, mode: str, elapsed: float) -> str:
+        s = self.batcher.stats()
+        return (f"{mode:>10}: {elapsed:5.1f}s  events {self.counter.count:5d}  "
+                f"db batches {s['sinks'][self.db.name]['batches_sent']:5d}  queue {s['queue_depth']:3d}")
+
+    def stop(self) -> None:
+        for worker in self.workers:  # the scheduler first: the others finish the frames it made
+            worker.stop(timeout=10)
+        self.batcher.close(timeout=10)
+        self.counter.close()
+
+    def stored_events(self) -> int:
+        with self.db.engine.connect() as conn:
+            return int(conn.execute(
+                sa.text(f'SELECT COALESCE(SUM(batch_count), 0) FROM "{self.table}"')).scalar_one())
+
+    def dispose(self, keep_table: bool) -> None:
+        self.server.stop()
+        if not keep_table:
+            with self.db.engine.begin() as conn:
+                conn.execute(sa.text(f'DROP TABLE "{self.table}"'))
+        self.db.engine.dispose()
+
+
 def run_once(
     db_url: str,
     table: str,
@@ -101,54 +200,58 @@ def run_once(
     keep_table: bool = False,
 ) -> DemoRun:
     """Run the pipeline for ``duration`` seconds into ``table`` and measure it."""
-    from sinks.database import DatabaseSink
-
-    examples = _load_examples()
     mode = "batched" if use_batching else "one by one"
-    db = DatabaseSink(db_url, table=table)
-    # Create the table (and open the first connection) now: a one-off setup, not the cost of
-    # delivering an event (it put ~25 ms on the first batch, which is 2-3% of a short run: p99).
-    db.ensure_table()
-    sse = CountingSSESink()
-    batcher = EventBatcher([db, sse], name=f"demo-{'batched' if use_batching else 'single'}",
-                           dead_letter=workdir / "dead-letter.jsonl", use_batching=use_batching)
-    workers = examples.build_pipeline(workdir / table, batcher, cameras=cameras, period=period,
-                                      use_batching=use_batching)
-    counter = _EmitCounter(workers)
+    pipe = _Pipeline(db_url, table, use_batching=use_batching, workdir=workdir,
+                     cameras=cameras, period=period)
     try:
-        start = time.monotonic()
-        for worker in workers:
-            worker.start()
-        while (left := duration - (time.monotonic() - start)) > 0:
-            time.sleep(min(0.25, left))
-            if progress:
-                s = batcher.stats()
-                progress(
-                    f"{mode:>10}: {time.monotonic() - start:5.1f}s  events {counter.count:5d}  "
-                    f"db batches {s['sinks'][db.name]['batches_sent']:5d}  queue {s['queue_depth']:3d}"
-                )
-        for worker in workers:  # the scheduler first: the others finish the frames it made
-            worker.stop(timeout=10)
-        batcher.close(timeout=10)
+        host, port = pipe.server.server.server_address[:2]
+        client = _SSEClient(host, port)
+        try:
+            pipe.start()
+            start = time.monotonic()
+            while (left := duration - (time.monotonic() - start)) > 0:
+                time.sleep(min(0.25, left))
+                if progress:
+                    progress(pipe.progress_line(mode, time.monotonic() - start))
+            pipe.stop()
+            client.wait_for(pipe.sse.hub.stats()["events_published"], timeout=5)
+        finally:
+            client.close()
+        stats = pipe.batcher.stats()["sinks"][pipe.db.name]
+        return DemoRun(
+            mode=mode,
+            emitted=pipe.counter.count,
+            stored_events=pipe.stored_events(),
+            db_transactions=stats["batches_sent"],
+            sse_messages=client.messages,
+            p50_ms=stats["latency_p50_ms"],
+            p99_ms=stats["latency_p99_ms"],
+            dead_lettered=stats["dead_lettered"],
+        )
     finally:
-        counter.close()
-    stats = batcher.stats()["sinks"][db.name]
-    with db.engine.connect() as conn:
-        stored = conn.execute(sa.text(f'SELECT COALESCE(SUM(batch_count), 0) FROM "{table}"')).scalar_one()
-    if not keep_table:
-        with db.engine.begin() as conn:
-            conn.execute(sa.text(f'DROP TABLE "{table}"'))
-    db.engine.dispose()
-    return DemoRun(
-        mode=mode,
-        emitted=counter.count,
-        stored_events=int(stored),
-        db_transactions=stats["batches_sent"],
-        sse_messages=sse.messages,
-        p50_ms=stats["latency_p50_ms"],
-        p99_ms=stats["latency_p99_ms"],
-        dead_lettered=stats["dead_lettered"],
-    )
+        pipe.dispose(keep_table)
+
+
+def serve(args: argparse.Namespace, db_url: str, workdir: Path) -> int:
+    """``--serve``: the batched pipeline with the live dashboard, until Ctrl-C (or --duration)."""
+    pipe = _Pipeline(db_url, f"demo_events_live_{int(time.time())}", use_batching=True,
+                     workdir=workdir, cameras=args.cameras, period=args.period, port=args.port)
+    try:
+        print(f"dashboard: {pipe.server.url}/   (Ctrl-C to stop)", flush=True)
+        pipe.start()
+        deadline = None if args.duration is None else time.monotonic() + args.duration
+        try:
+            while deadline is None or time.monotonic() < deadline:
+                time.sleep(0.25 if deadline is None else max(0.0, min(0.25, deadline - time.monotonic())))
+        except KeyboardInterrupt:
+            pass
+        pipe.stop()
+        lost = pipe.counter.count - pipe.stored_events()
+        print(f"served {pipe.counter.count} events; {pipe.sse.hub.stats()['clients_total']} browser "
+              f"connection(s); lost {lost}")
+        return 1 if lost else 0
+    finally:
+        pipe.dispose(args.keep)
 
 
 def format_table(batched: DemoRun, single: DemoRun) -> str:
@@ -185,8 +288,12 @@ def format_table(batched: DemoRun, single: DemoRun) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--duration", type=float, default=10.0,
-                        help="seconds each of the two runs lasts (default 10)")
+    parser.add_argument("--duration", type=float, default=None,
+                        help="seconds each of the two runs lasts (default 10); with --serve, "
+                             "how long to serve (default: until Ctrl-C)")
+    parser.add_argument("--serve", action="store_true",
+                        help="serve the live dashboard on 127.0.0.1 instead of measuring")
+    parser.add_argument("--port", type=int, default=8765, help="dashboard port with --serve (default 8765)")
     parser.add_argument("--db", default=None,
                         help="database URL (default: a fresh SQLite file in a temp dir)")
     parser.add_argument("--keep", action="store_true",
@@ -197,12 +304,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run both passes, print the table; exit status 1 if any event was lost."""
-    if args.duration <= 0 or args.cameras < 1 or args.period <= 0:
-        print("demo: --duration and --period must be > 0 and --cameras >= 1", file=sys.stderr)
+    if (args.duration is not None and args.duration <= 0) or args.cameras < 1 or args.period <= 0:
+        print(f"demo: --duration (got {args.duration}) and --period (got {args.period}) must be "
+              f"> 0, and --cameras (got {args.cameras}) >= 1", file=sys.stderr)
+        return 2
+    if not 0 <= args.port <= 65535:
+        print(f"demo: --port {args.port} is not a TCP port (0-65535)", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="timelapser-demo-") as tmp:
         workdir = Path(tmp)
         db_url = args.db or f"sqlite:///{workdir / 'demo.db'}"
+        if args.serve:
+            return serve(args, db_url, workdir)
+        if args.duration is None:
+            args.duration = 10.0
         suffix = f"{int(time.time())}"
         tty = sys.stderr.isatty()
 

@@ -65,3 +65,36 @@ def test_demo_accepts_a_postgresql_url_and_cleans_up(postgres_url, pg_conn):
     with pg_conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'demo_events_%'")
         assert cur.fetchone()[0] == 0
+
+
+def test_demo_serve_serves_the_dashboard_and_a_live_stream():
+    import json
+    import urllib.request
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "timelapser_workers", "demo", "--serve", "--port", "0",
+         "--duration", "4", "--period", "0.5"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        first = proc.stdout.readline()
+        url = re.search(r"dashboard: (http://127\.0\.0\.1:\d+)/", first).group(1)
+        with urllib.request.urlopen(url + "/", timeout=10) as page:
+            assert "EventSource" in page.read().decode()
+        with urllib.request.urlopen(url + "/events", timeout=10) as stream:
+            assert stream.headers["Content-Type"].startswith("text/event-stream")
+            ids = 0
+            while ids < 3:  # live events arrive while the workers run
+                line = stream.readline()
+                assert line, "the stream ended before three events"
+                ids += line.startswith(b"id:")
+        with urllib.request.urlopen(url + "/stats", timeout=10) as stats:
+            body = json.loads(stats.read())
+            assert body["batcher"]["events_received"] > 0 and body["hub"]["events_published"] > 0
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    assert proc.returncode == 0, out + err
+    assert re.search(r"served \d+ events; \d+ browser connection\(s\); lost 0", out), out
