@@ -54,15 +54,20 @@ class _Ingress:
     """The bounded event queue between producers and the flush thread.
 
     A put takes one plain lock and appends; it wakes the flush thread only when that thread
-    needs waking: it sleeps without a deadline, ``wake_at`` events are queued (the fewest that
-    could complete a group of ``batch_size``; the flush thread sets it before sleeping), or the
-    event is urgent. So a burst costs the producers no thread switch per event. Control items
-    (flush requests, stop) bypass the bound and always wake.
+    has something to do: it sleeps without a deadline (idle), the event is urgent, the queue
+    is half full (or 4096 deep), or this event completes a group of ``batch_size``. For the
+    last, the flush thread leaves, before it sleeps, how many more events each pending
+    (worker, type, source) group needs (``expect``); producers count down under the lock, and
+    a group not yet pending needs ``batch_size``. So a burst costs the producers no thread
+    switch per event, and a size trigger still fires on the event that completes the group.
+    Control items (flush requests, stop) bypass the bound and always wake.
     """
 
-    def __init__(self, maxsize: int, wake_at: int = 1) -> None:
+    def __init__(self, maxsize: int, batch_size: int) -> None:
         self.maxsize = maxsize
-        self.wake_at = wake_at
+        self.batch_size = batch_size
+        self.drain_at = max(1, min(maxsize // 2, 4096))
+        self.left: dict[tuple[Any, ...], int] = {}  # events each group still needs
         self.items: collections.deque[Any] = collections.deque()
         self.mutex = threading.Lock()
         self.not_full = threading.Condition(self.mutex)
@@ -73,21 +78,33 @@ class _Ingress:
     def qsize(self) -> int:
         return len(self.items)
 
+    def expect(self, left: dict[tuple[Any, ...], int]) -> None:
+        """The flush thread: how many more events each pending group needs to be full."""
+        with self.mutex:
+            self.left = left
+
+    def _arrived(self, key: tuple[Any, ...]) -> bool:
+        """Count an arrival for ``key`` (under the mutex); True if it completes its group."""
+        left = self.left.get(key, self.batch_size) - 1
+        self.left[key] = left
+        return left <= 0
+
     def _wake(self, depth: int, urgent: bool) -> None:
-        if (urgent or self.idle or depth >= self.wake_at) and not self.wakeup.is_set():
+        if (urgent or self.idle or depth >= self.drain_at) and not self.wakeup.is_set():
             self.wakeup.set()
 
-    def put(self, item: Event, urgent: bool) -> bool:
+    def put(self, item: Any, key: tuple[Any, ...], urgent: bool) -> bool:
         """Append unless full; False if full (the item was not queued)."""
         with self.mutex:
             depth = len(self.items)
             if depth >= self.maxsize:
                 return False
             self.items.append(item)
+            urgent = self._arrived(key) or urgent
         self._wake(depth + 1, urgent)
         return True
 
-    def put_wait(self, item: Event, urgent: bool, timeout: float) -> bool:
+    def put_wait(self, item: Any, key: tuple[Any, ...], urgent: bool, timeout: float) -> bool:
         """Append, waiting up to ``timeout`` seconds for room; False if none came."""
         with self.mutex:
             if len(self.items) >= self.maxsize:
@@ -105,10 +122,11 @@ class _Ingress:
                     self.blocked -= 1
             self.items.append(item)
             depth = len(self.items)
+            urgent = self._arrived(key) or urgent
         self._wake(depth, urgent)
         return True
 
-    def put_drop_oldest(self, item: Any, urgent: bool) -> Any:
+    def put_drop_oldest(self, item: Any, key: tuple[Any, ...], urgent: bool) -> Any:
         """Put without waiting; when full, remove and return the oldest event first."""
         with self.mutex:
             dropped = None
@@ -120,6 +138,7 @@ class _Ingress:
                         break
             self.items.append(item)
             depth = len(self.items)
+            urgent = self._arrived(key) or urgent
         self._wake(depth, urgent)
         return dropped
 
@@ -257,7 +276,8 @@ class EventBatcher:
     def _init_runtime(self) -> None:
         """Queue, thread and counters: built here and again in a forked child."""
         self._lock = threading.Lock()
-        self._queue = _Ingress(self.config.max_queue_size)
+        self._queue = _Ingress(self.config.max_queue_size,
+                               self.config.batch_size if self.config.use_batching else 1)
         self._overflow = self.config.overflow  # read on every put: one attribute, not two
         self._flush_priority = self.config.flush_priority
         self._thread: threading.Thread | None = None
@@ -406,18 +426,19 @@ class EventBatcher:
         if self._thread is None:
             self._start()
         urgent = item is not event or event.priority >= self._flush_priority  # unbatched: at once
+        key = (event.worker, event.type, event.source)
         mode = self._overflow
         if mode == "drop_newest":
-            if self._queue.put(item, urgent):
+            if self._queue.put(item, key, urgent):
                 return True
             self._drop("drop_newest")
             return False
         if mode == "drop_oldest":
-            if self._queue.put_drop_oldest(item, urgent) is not None:
+            if self._queue.put_drop_oldest(item, key, urgent) is not None:
                 self._drop("drop_oldest")
                 return False
             return True
-        if self._queue.put_wait(item, urgent, self.config.block_timeout):
+        if self._queue.put_wait(item, key, urgent, self.config.block_timeout):
             return True
         self._drop("block_timeout")
         raise QueueFullError(
@@ -451,14 +472,15 @@ class EventBatcher:
         sleep, drain = ingress.sleep, ingress.drain
         stopping = False
         while not stopping:
+            # what each pending group still needs to be full: the producer whose event
+            # completes one wakes us (a group not pending yet needs batch_size)
+            ingress.expect({(worker, etype, source): cfg.batch_size - count
+                            for worker, buf in buffers.items()
+                            for (etype, source), count in buf.counts.items()})
             if buffers:
                 wait = min(b.oldest for b in buffers.values()) + cfg.batch_timeout - time.monotonic()
-                # the fewest new events that could bring some group to batch_size
-                fullest = max(max(b.counts.values()) for b in buffers.values())
-                ingress.wake_at = max(1, cfg.batch_size - fullest)
                 sleep(max(wait, 0.0))
             else:
-                ingress.wake_at = cfg.batch_size if cfg.use_batching else 1
                 sleep(None)  # idle: sleep until something arrives (close() sends _STOP)
             items = drain()
             taken_before = self._taken
