@@ -1,6 +1,6 @@
 """A sink written outside the library: one CSV row per original event, plugged into a batcher.
 
-    python examples/custom_sink.py
+    .venv/bin/python examples/custom_sink.py
 
 A sink is any object with ``send(batch)`` (and optionally ``close(timeout)``); subclassing
 sinks.base.Sink documents the contract. Raise TransientSinkError to be retried, and

@@ -1,6 +1,6 @@
 """An OverlayWorker: stamps each frame's capture time onto it, with batched job events.
 
-    python examples/overlay_worker.py
+    .venv/bin/python examples/overlay_worker.py
 
 Jobs whose frame is missing fail permanently (PermanentJobError): no point retrying those.
 """

@@ -1,6 +1,6 @@
 """A SchedulerWorker: fires periodic capture jobs that feed the thumbnail and overlay workers.
 
-    python examples/scheduler_worker.py
+    .venv/bin/python examples/scheduler_worker.py
 
 Every ``period`` seconds each camera is due at the same moment (that is what makes timelapse
 traffic bursty): the scheduler "captures" a frame per camera and hands each frame to the

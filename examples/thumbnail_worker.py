@@ -1,6 +1,6 @@
 """A ThumbnailWorker: makes real thumbnails of real JPEG frames, with batched job events.
 
-    python examples/thumbnail_worker.py
+    .venv/bin/python examples/thumbnail_worker.py
 
 It draws a few sample frames, runs the worker over them with two jobs at once, and prints what
 the sinks received: JOB_STARTED x N became a few JOBS_BATCH_STARTED events.

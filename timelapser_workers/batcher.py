@@ -269,6 +269,8 @@ class EventBatcher:
         self._closed = threading.Event()
         self._close_result: FlushResult | None = None
         self._init_runtime()
+        if callable(getattr(sinks, "send", None)):
+            raise TypeError(f"sinks must be a list of sinks; got one sink, {sinks!r}: pass [{sinks!r}]")
         for sink in sinks:
             self.add_sink(sink)
         _live.add(self)
@@ -591,10 +593,18 @@ class EventBatcher:
         )
 
     # --- flush and close -----------------------------------------------------------------
+    def _timeout(self, timeout: float | None) -> float:
+        """``timeout`` checked, or shutdown_timeout when None."""
+        if timeout is None:
+            return self.config.shutdown_timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+            raise ValueError(f"timeout={timeout!r} must be a number of seconds >= 0 (or None)")
+        return float(timeout)
+
     def flush(self, timeout: float | None = None) -> FlushResult:
         """Deliver everything submitted before this call, waiting at most ``timeout`` seconds
         (default shutdown_timeout). Cuts the batching window short."""
-        timeout = self.config.shutdown_timeout if timeout is None else timeout
+        timeout = self._timeout(timeout)
         deadline = time.monotonic() + timeout
         if self._thread is None or not self._thread.is_alive():
             return FlushResult(0, 0, self._queue.qsize() + sum(l.pending for l in self._lanes))
@@ -620,7 +630,7 @@ class EventBatcher:
     def close(self, timeout: float | None = None) -> FlushResult:
         """Refuse new events, deliver what is pending, stop the threads and close the sinks,
         all within ``timeout`` seconds (default shutdown_timeout). Idempotent."""
-        timeout = self.config.shutdown_timeout if timeout is None else timeout
+        timeout = self._timeout(timeout)
         deadline = time.monotonic() + timeout
         with self._lock:
             first = not self._closing

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Any
 
-from timelapser_workers.constants import setting
+from timelapser_workers.constants import ENV_PREFIX, setting
 from timelapser_workers.events import Priority
 
 __all__ = ["BatcherConfig", "OVERFLOW_MODES"]
@@ -75,14 +76,25 @@ class BatcherConfig:
         if unknown:
             raise TypeError(f"unknown batcher setting(s): {', '.join(sorted(unknown))}")
         values = {}
+        from_env = {}
         for field, const in _SETTING_NAMES.items():
             value = given.get(field)
-            values[field] = setting(const) if value is None else value
+            if value is None:
+                value = setting(const)
+                if ENV_PREFIX + const in os.environ:
+                    from_env[field] = ENV_PREFIX + const
+            values[field] = value
         if given.get("flush_priority") is not None:
             values["flush_priority"] = given["flush_priority"]
         if given.get("use_batching") is not None:
             values["use_batching"] = given["use_batching"]
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ValueError as exc:
+            bad = next((f for f in from_env if str(exc).startswith(f"{f}=")), None)
+            if bad is None:
+                raise
+            raise ValueError(f"{exc} (from the environment: {from_env[bad]})") from None
 
     def __post_init__(self) -> None:
         _int("batch_size", self.batch_size, 1)

@@ -1,6 +1,6 @@
 """Serve the live dashboard: sample workers -> EventBatcher -> SSESink -> browsers.
 
-    python examples/dashboard/serve.py [--port 8765] [--duration 0] [--workers 3]
+    .venv/bin/python examples/dashboard/serve.py [--port 8765] [--duration 0] [--workers 3]
 
 Then open http://127.0.0.1:8765/ . The page (index.html beside this file) is plain JavaScript
 with EventSource; this server gives it ``/events`` (the SSE stream), ``/stats`` (the batcher's

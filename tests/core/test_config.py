@@ -53,3 +53,26 @@ def test_unknown_setting_is_refused():
 def test_a_sink_without_send_is_refused(tmp_path):
     with pytest.raises(TypeError, match="no send"):
         EventBatcher([object()], dead_letter=tmp_path / "d.jsonl")
+
+
+def test_a_bad_value_from_the_environment_names_the_variable(monkeypatch, tmp_path):
+    monkeypatch.setenv("TIMELAPSER_EVENT_QUEUE_OVERFLOW", "dropnewest")
+    with pytest.raises(ValueError, match="overflow='dropnewest'.*TIMELAPSER_EVENT_QUEUE_OVERFLOW"):
+        EventBatcher(dead_letter=tmp_path / "d.jsonl")
+
+
+def test_one_sink_instead_of_a_list_is_explained(tmp_path):
+    from sinks import MemorySink
+
+    with pytest.raises(TypeError, match=r"list of sinks.*pass \["):
+        EventBatcher(MemorySink(), dead_letter=tmp_path / "d.jsonl")
+
+
+@pytest.mark.parametrize("bad", [-1, float("nan"), "soon"])
+def test_flush_and_close_refuse_a_bad_timeout(bad, tmp_path):
+    batcher = EventBatcher(dead_letter=tmp_path / "d.jsonl")
+    with pytest.raises(ValueError, match="timeout="):
+        batcher.flush(bad)
+    with pytest.raises(ValueError, match="timeout="):
+        batcher.close(bad)
+    batcher.close()
