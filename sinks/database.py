@@ -248,6 +248,8 @@ class DatabaseSink(Sink):
         try:
             self.ensure_table()
             self._write(batch)
+        except PermanentSinkError:
+            raise  # already decided (an unsupported dialect, a batch-level refusal)
         except Exception as exc:
             kind = classify_error(exc)
             if kind is ErrorKind.TRANSIENT:
@@ -274,6 +276,7 @@ class DatabaseSink(Sink):
         """Drop the parent's pooled connections (without closing them under the parent)."""
         if self._owns_engine:
             self.engine.dispose(close=False)
+        self._ready_lock = threading.Lock()  # another thread may have held it at fork
         self._pid = os.getpid()
 
     # --- writing -------------------------------------------------------------------------
@@ -290,8 +293,8 @@ class DatabaseSink(Sink):
                 if kind is ErrorKind.TRANSIENT:
                     # What is stored stays stored; the retry of the whole batch skips it.
                     raise
-                if kind is ErrorKind.PERMANENT:
-                    raise
+                if kind is ErrorKind.PERMANENT:  # the batch, not a row: refuse it all
+                    raise PermanentSinkError(f"{self.name}: {_short(exc)}", events=list(batch)) from exc
                 if len(part) == 1:
                     logger.warning("%s: event %s refused: %s", self.name, part[0].id, _short(exc))
                     bad.append((part[0], exc))

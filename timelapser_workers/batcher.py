@@ -26,7 +26,7 @@ from blinker import ANY, Signal
 from timelapser_workers import signals as _signals
 from timelapser_workers.aggregation import AggregationPolicy
 from timelapser_workers.config import BatcherConfig
-from timelapser_workers.deadletter import DeadLetterHandler, resolve_dead_letter
+from timelapser_workers.deadletter import DeadLetterHandler, DeadLetterWriter, resolve_dead_letter
 from timelapser_workers.errors import BatcherClosedError, QueueFullError
 from timelapser_workers.events import Event, Priority, make_event
 from timelapser_workers.lane import LaneBatch, Marker, SinkLane
@@ -48,6 +48,10 @@ class FlushResult(NamedTuple):
     def complete(self) -> bool:
         """True when nothing was left pending at the deadline."""
         return self.pending == 0
+
+
+class _Closed(Exception):
+    """Raised inside the ingress when a put arrives after close() shut it."""
 
 
 class _Ingress:
@@ -74,6 +78,12 @@ class _Ingress:
         self.blocked = 0  # producers waiting in put_wait
         self.wakeup = threading.Event()
         self.idle = False  # the flush thread sleeps with no deadline
+        self.closed = False  # set under the mutex by close(): no put gets in after it
+
+    def close(self) -> None:
+        with self.mutex:
+            self.closed = True
+            self.not_full.notify_all()  # blocked producers: refused now, not at their timeout
 
     def qsize(self) -> int:
         return len(self.items)
@@ -96,6 +106,8 @@ class _Ingress:
     def put(self, item: Any, key: tuple[Any, ...], urgent: bool) -> bool:
         """Append unless full; False if full (the item was not queued)."""
         with self.mutex:
+            if self.closed:
+                raise _Closed
             depth = len(self.items)
             if depth >= self.maxsize:
                 return False
@@ -107,11 +119,11 @@ class _Ingress:
     def put_wait(self, item: Any, key: tuple[Any, ...], urgent: bool, timeout: float) -> bool:
         """Append, waiting up to ``timeout`` seconds for room; False if none came."""
         with self.mutex:
-            if len(self.items) >= self.maxsize:
+            if len(self.items) >= self.maxsize and not self.closed:
                 deadline = time.monotonic() + timeout
                 self.blocked += 1
                 try:
-                    while len(self.items) >= self.maxsize:
+                    while len(self.items) >= self.maxsize and not self.closed:
                         left = deadline - time.monotonic()
                         if left <= 0:
                             return False
@@ -120,6 +132,8 @@ class _Ingress:
                         self.not_full.wait(left)
                 finally:
                     self.blocked -= 1
+            if self.closed:
+                raise _Closed
             self.items.append(item)
             depth = len(self.items)
             urgent = self._arrived(key) or urgent
@@ -129,6 +143,8 @@ class _Ingress:
     def put_drop_oldest(self, item: Any, key: tuple[Any, ...], urgent: bool) -> Any:
         """Put without waiting; when full, remove and return the oldest event first."""
         with self.mutex:
+            if self.closed:
+                raise _Closed
             dropped = None
             if len(self.items) >= self.maxsize:
                 for i, old in enumerate(self.items):
@@ -280,6 +296,9 @@ class EventBatcher:
         self._lock = threading.Lock()
         self._queue = _Ingress(self.config.max_queue_size,
                                self.config.batch_size if self.config.use_batching else 1)
+        self._queue.closed = self._closing
+        self._dead_letters = DeadLetterWriter(self.dead_letter, self.config.lane_max_events, self.name,
+                                              block_timeout=self.config.shutdown_timeout)
         self._overflow = self.config.overflow  # read on every put: one attribute, not two
         self._flush_priority = self.config.flush_priority
         self._thread: threading.Thread | None = None
@@ -315,7 +334,7 @@ class EventBatcher:
         return SinkLane(
             sink, name, max_retries=cfg.max_retries, retry_delay=cfg.retry_delay,
             retry_max_delay=cfg.retry_max_delay, max_events=cfg.lane_max_events,
-            dead_letter=self.dead_letter,
+            dead_letter=self._dead_letters,
         )
 
     @property
@@ -360,6 +379,7 @@ class EventBatcher:
             if source is None:
                 source = getattr(sender, "event_source", None)
             priority = kwargs.pop("priority", Priority.NORMAL)
+            batch = kwargs.pop("use_batching", getattr(sender, "use_batching", True)) is not False
             extra = kwargs.pop("data", None)
             if extra is None:
                 data: Mapping[str, Any] = kwargs
@@ -380,11 +400,10 @@ class EventBatcher:
                     "invalid", "refused a %s event from %r: %s", event_type, sender, exc
                 )
                 return False
-            batch = getattr(sender, "use_batching", True) is not False
             try:
                 return self._enqueue(event if batch else _Unbatched(event), event)
-            except BatcherClosedError as exc:
-                self._warnings.warn("closed", "%s", exc)
+            except (BatcherClosedError, QueueFullError) as exc:  # counted; never raised into send()
+                self._warnings.warn(type(exc).__name__, "%s", exc)
                 return False
 
         receive.__qualname__ = f"EventBatcher.receive[{event_type}]"
@@ -419,13 +438,17 @@ class EventBatcher:
         return event
 
     def _enqueue(self, item: Event | _Unbatched, event: Event) -> bool:
-        if self._closing:
+        try:
+            return self._put(item, event)
+        except _Closed:
             with self._lock:
                 self._rejected["closed"] += 1
             raise BatcherClosedError(
                 f"batcher {self.name!r} is closed; refused {event.type} event {event.id}"
-            )
-        if self._thread is None:
+            ) from None
+
+    def _put(self, item: Event | _Unbatched, event: Event) -> bool:
+        if self._thread is None and not self._closing:
             self._start()
         urgent = item is not event or event.priority >= self._flush_priority  # unbatched: at once
         key = (event.worker, event.type, event.source)
@@ -625,6 +648,7 @@ class EventBatcher:
                 failed += lane.failed - f0
                 target = marker.target if marker is not None else lane.enqueued
                 pending += max(0, target - lane.delivered - lane.failed)
+        self._dead_letters.wait_idle(deadline)  # what failed is on disk when flush returns
         return FlushResult(delivered, failed, pending)
 
     def close(self, timeout: float | None = None) -> FlushResult:
@@ -639,6 +663,7 @@ class EventBatcher:
             self._closed.wait(max(0.0, deadline - time.monotonic()))
             return self._close_result or FlushResult(0, 0, sum(l.pending for l in self._lanes))
         self.disconnect()
+        self._queue.close()  # from here on every put is refused (and counted), none slips in
         lanes = self._lanes
         before = [(l.delivered, l.failed) for l in lanes]
         thread = self._thread
@@ -647,10 +672,10 @@ class EventBatcher:
             thread.join(max(0.0, deadline - time.monotonic()))
         late = [e if type(e) is Event else e.event for e in self._queue.drain()
                 if type(e) in (Event, _Unbatched)]
-        if late:  # raced past the closing check; refuse them loudly rather than lose them
+        if late:  # accepted, but the flush thread did not get to them by the deadline
             with self._lock:
-                self._rejected["closed"] += len(late)
-            self.dead_letter(late, "(batcher)", "closed", None)
+                self._dropped["shutdown_timeout"] += len(late)
+            self._dead_letters.submit(late, "(batcher)", "shutdown_timeout", None)
         for lane in lanes:
             lane.stop(deadline)
         finished = [lane.join(deadline) for lane in lanes]
@@ -659,6 +684,8 @@ class EventBatcher:
                 lane.close_sink(deadline)
             else:
                 logger.warning("sink %r still busy at the deadline; not closed", lane.name)
+        # what the deadline dead-lettered still has to reach the file: a short grace for that
+        self._dead_letters.close(max(deadline, time.monotonic() + 0.25))
         result = FlushResult(
             sum(l.delivered - d for l, (d, _) in zip(lanes, before)),
             sum(l.failed - f for l, (_, f) in zip(lanes, before)),
@@ -691,6 +718,7 @@ class EventBatcher:
             "queue_depth": depth,
             "queue_high_water": self._high_water,
             "queue_capacity": self.config.max_queue_size,
+            "dead_letter": self._dead_letters.stats(),
             "sinks": {lane.name: lane.stats() for lane in self._lanes},
         }
 

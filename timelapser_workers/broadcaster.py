@@ -11,6 +11,7 @@ same sinks, retries and stats.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Mapping
 
 from blinker import Signal
@@ -21,6 +22,8 @@ from timelapser_workers.default import get_default_batcher
 from timelapser_workers.events import Priority
 
 __all__ = ["SSEBroadcaster"]
+
+logger = logging.getLogger(__name__)
 
 
 class SSEBroadcaster:
@@ -50,7 +53,12 @@ class SSEBroadcaster:
 
     def _send(self, signal: Signal, priority: Priority = Priority.NORMAL, **data: Any) -> bool:
         """Send ``signal``; True if the batcher took the event (False: refused or dropped)."""
-        results = signal.send(self.sender, source=self.event_source, priority=priority, **data)
+        try:
+            results = signal.send(self.sender, source=self.event_source, priority=priority,
+                                  use_batching=self.use_batching, **data)
+        except Exception:  # another receiver of the signal failed: never into the worker
+            logger.exception("a receiver of %s from %r raised", signal.name, self.worker_name)
+            results = []
         accepted = any(value is True for _, value in results)
         if accepted:
             self.broadcast_count += 1

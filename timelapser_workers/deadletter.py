@@ -7,6 +7,7 @@ one JSON line per event to a file and logs one warning per batch. Reasons used b
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ from typing import Callable, Sequence, Union
 
 from timelapser_workers.events import Event
 
-__all__ = ["DeadLetterHandler", "JsonLinesDeadLetter", "resolve_dead_letter"]
+__all__ = ["DeadLetterHandler", "JsonLinesDeadLetter", "DeadLetterWriter", "resolve_dead_letter"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,3 +84,116 @@ def resolve_dead_letter(value: DeadLetterHandler | str | os.PathLike[str] | None
         f"dead_letter must be a callable(events, sink_name, reason, error), a path or None, "
         f"got {value!r}"
     )
+
+
+class DeadLetterWriter:
+    """Runs a dead-letter handler on its own thread, so whoever finds a dead batch (the flush
+    thread above all, when a lane overflows) does not wait on the handler's I/O.
+
+    Bounded: with ``max_events`` waiting, ``submit`` waits for room (up to ``block_timeout``
+    seconds: an overloaded disk slows the pipeline rather than losing dead letters); past
+    that a batch is not written but counted (``dropped``) and logged. ``close(deadline)`` writes what is waiting until the deadline;
+    what is left then is counted as dropped too. One per EventBatcher; its thread starts on
+    the first dead letter.
+    """
+
+    def __init__(self, handler: DeadLetterHandler, max_events: int, name: str = "events",
+                 block_timeout: float = 5.0) -> None:
+        self.handler = handler
+        self.max_events = max_events
+        self.block_timeout = block_timeout
+        self.name = name
+        self._cond = threading.Condition()
+        self._jobs: collections.deque[tuple[Sequence[Event], str, str, BaseException | None, int]] = collections.deque()
+        self._waiting = 0
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.written = 0  # original events handed to the handler without error
+        self.errors = 0  # original events whose handler call raised
+        self.dropped = 0  # original events never handed over (full, or left at close)
+
+    def submit(self, events: Sequence[Event], sink_name: str, reason: str, error: BaseException | None) -> None:
+        """Queue ``events`` for the handler; waits only while the writer is full."""
+        count = sum(e.batch_count for e in events)
+        if not count:
+            return
+        with self._cond:
+            # full: wait for room (that slows whoever is dead-lettering, and so, through the
+            # bounded queue, the producers) rather than lose the batch; give up at the deadline
+            deadline = time.monotonic() + self.block_timeout
+            while self._waiting + count > self.max_events and self._waiting:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            if self._waiting + count > self.max_events and self._waiting:
+                self.dropped += count
+                full = True
+            else:
+                full = False
+                self._jobs.append((events, sink_name, reason, error, count))
+                self._waiting += count
+                self._cond.notify()
+                if self._thread is None:  # started on first use
+                    self._thread = threading.Thread(
+                        target=self._run, name=f"timelapser-deadletter-{self.name}", daemon=True
+                    )
+                    self._thread.start()
+        if full:
+            logger.error(
+                "dead-letter writer of %r is %d events behind; %d event(s) of sink %r (%s) were "
+                "not written, only counted", self.name, self.max_events, count, sink_name, reason,
+            )
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs and not self._stopping:
+                    self._cond.wait()
+                if not self._jobs:
+                    return
+                events, sink_name, reason, error, count = self._jobs.popleft()
+            try:
+                self.handler(events, sink_name, reason, error)
+                self.written += count
+            except Exception:
+                self.errors += count
+                logger.exception(
+                    "dead-letter handler failed for %d event(s) of sink %r (%s); they are counted "
+                    "as dead-lettered but were not written", count, sink_name, reason,
+                )
+            with self._cond:
+                self._waiting -= count
+                self._cond.notify_all()
+
+    def wait_idle(self, deadline: float) -> bool:
+        """Wait until everything submitted so far is written, or ``deadline`` passes."""
+        with self._cond:
+            while self._waiting:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def close(self, deadline: float) -> None:
+        """Write what is waiting until ``deadline`` (time.monotonic()); count what is left."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        thread = self._thread
+        if thread is not None:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if not thread.is_alive():
+                return
+        with self._cond:
+            left = sum(job[4] for job in self._jobs)
+            self._jobs.clear()
+            self.dropped += left
+            self._waiting -= left
+        if left:
+            logger.error("dead-letter writer of %r: %d event(s) not written by the deadline", self.name, left)
+
+    def stats(self) -> dict[str, int]:
+        return {"written": self.written, "errors": self.errors, "dropped": self.dropped,
+                "waiting": self._waiting}

@@ -152,6 +152,8 @@ def _safe(value: Any, path: str, depth: int, size: list[int]) -> Any:
     cls = type(value)
     if cls is str:
         size[0] += len(value)
+        if not value.isascii():
+            _check_utf8(value, path)
         return value
     if cls is int:
         return value
@@ -167,6 +169,8 @@ def _safe(value: Any, path: str, depth: int, size: list[int]) -> Any:
         for k, v in value.items():
             if type(k) is not str:
                 k = _json_key(k, path)
+            elif not k.isascii():
+                _check_utf8(k, f"{path} key {k[:40]!r}")
             n += len(k)
             # the common case inline: plain values are copied as they are, and a key path is
             # only built (it costs a repr) when there is something to descend into
@@ -174,6 +178,8 @@ def _safe(value: Any, path: str, depth: int, size: list[int]) -> Any:
                 out[k] = v
                 if v.__class__ is str:
                     n += len(v)
+                    if not v.isascii():
+                        _check_utf8(v, _path(path, k))
             else:
                 out[k] = _safe(v, _path(path, k), depth + 1, size)
         size[0] += n
@@ -197,9 +203,8 @@ def _safe(value: Any, path: str, depth: int, size: list[int]) -> Any:
         return int(value)
     if isinstance(value, float):
         return _safe(float(value), path, depth, size)
-    if isinstance(value, str):
-        size[0] += len(value)
-        return str(value)
+    if isinstance(value, str):  # a str subclass: keep the plain text
+        return _safe(str(value), path, depth, size)
     if isinstance(value, decimal.Decimal):
         if not value.is_finite():
             raise ValueError(f"{path} is Decimal({str(value)!r}): JSON has no NaN or Infinity")
@@ -219,6 +224,18 @@ def _safe(value: Any, path: str, depth: int, size: list[int]) -> Any:
         "JSON-safe; send str, int, float, bool, None, dict, list, Decimal, datetime, UUID, "
         "Enum or Path"
     )
+
+
+def _check_utf8(text: str, path: str) -> None:
+    """Refuse text that has no UTF-8 form (a lone surrogate from a bad decode): no database,
+    browser or file could take it, and it would fail a whole batch later."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{path} holds {text[exc.start:exc.end]!r} at position {exc.start}, a lone surrogate "
+            "with no UTF-8 form; decode the source with errors='replace' or send bytes as base64"
+        ) from None
 
 
 def _json_key(k: Any, path: str) -> str:

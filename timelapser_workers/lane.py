@@ -1,8 +1,8 @@
 """SinkLane: one sink's own queue and thread, with retries, dead letters and delivery stats.
 
 The flush thread hands batches to each lane without ever waiting: a slow, failing or hung
-sink fills only its own lane (bounded; the oldest batches are dead-lettered when it is full)
-and delays nobody else. Retries use tenacity: ``max_retries`` after the first attempt,
+sink fills only its own lane (bounded; when it is full its oldest batches go to the batcher's
+dead-letter thread) and delays nobody else. Retries use tenacity: ``max_retries`` after the first attempt,
 exponential backoff from ``retry_delay`` with jitter, capped at ``retry_max_delay``; the waits
 end early when the batcher shuts down.
 """
@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import tenacity
 
-from timelapser_workers.deadletter import DeadLetterHandler
+from timelapser_workers.deadletter import DeadLetterWriter
 from timelapser_workers.errors import PermanentSinkError
 from timelapser_workers.events import Event
 
@@ -76,7 +76,7 @@ class SinkLane:
         retry_delay: float,
         retry_max_delay: float,
         max_events: int,
-        dead_letter: DeadLetterHandler,
+        dead_letter: DeadLetterWriter,
     ) -> None:
         self.sink = sink
         self.name = name
@@ -93,6 +93,7 @@ class SinkLane:
         self._wake = threading.Event()  # set on shutdown: retry waits end at once
         self._thread: threading.Thread | None = None
         self._in_flight: LaneBatch | None = None
+        self._abandoned: LaneBatch | None = None  # dead-lettered at the shutdown deadline
         # counters, in original events unless named batches; written by the lane thread
         # except enqueued/dropped (the flush thread), read anywhere
         self.enqueued = 0
@@ -102,7 +103,6 @@ class SinkLane:
         self.retries = 0
         self.send_errors = 0
         self.dropped: collections.Counter[str] = collections.Counter()
-        self.dead_letter_errors = 0
         self.last_error: str | None = None
         self.latencies: collections.deque[float] = collections.deque(maxlen=_LATENCY_SAMPLES)
         self._retrying = tenacity.Retrying(
@@ -133,7 +133,7 @@ class SinkLane:
                 self._queued_events -= oldest.count
                 overflow.append(oldest)
             self._cond.notify()
-        for dropped in overflow:
+        for dropped in overflow:  # handed to the dead-letter thread: no I/O here
             self.dropped["lane_full"] += dropped.count
             self._dead_letter(dropped.events, "lane_full", None)
             with self._cond:
@@ -190,6 +190,13 @@ class SinkLane:
             self._finish(batch, delivered=batch.count, failed=0)
 
     def _finish(self, batch: LaneBatch, *, delivered: int, failed: int) -> None:
+        if batch is self._abandoned:  # counted (and dead-lettered) at the shutdown deadline
+            logger.warning(
+                "sink %r finished a batch of %d event(s) after the shutdown deadline had "
+                "dead-lettered it (%d delivered): replaying the dead letter may repeat them",
+                self.name, batch.count, delivered,
+            )
+            return
         with self._cond:
             self.batches_sent += 1 if delivered else 0
             self.delivered += delivered
@@ -216,16 +223,8 @@ class SinkLane:
             self.last_error = f"{type(exc).__name__}: {exc}"
 
     def _dead_letter(self, events: Sequence[Event], reason: str, error: BaseException | None) -> None:
-        if not events:
-            return
-        try:
-            self.dead_letter(events, self.name, reason, error)
-        except Exception:
-            self.dead_letter_errors += 1
-            logger.exception(
-                "dead-letter handler failed for %d event(s) of sink %r (%s); they are counted "
-                "as failed", sum(e.batch_count for e in events), self.name, reason,
-            )
+        if events:
+            self.dead_letter.submit(events, self.name, reason, error)
 
     # --- shutdown ------------------------------------------------------------------------
     def stop(self, deadline: float) -> None:
@@ -238,28 +237,32 @@ class SinkLane:
 
     def join(self, deadline: float) -> bool:
         """Wait for the lane thread until ``deadline``. If it is still busy (a hung sink),
-        dead-letter what it still holds ('shutdown_timeout') and return False."""
+        dead-letter what it still holds ('shutdown_timeout'), the batch in flight included,
+        and return False. The thread ends by itself if the sink ever returns."""
         thread = self._thread
-        if thread is not None:
-            thread.join(max(0.0, deadline - time.monotonic()))
-            if thread.is_alive():
-                with self._cond:
-                    left = [i for i in self._items if isinstance(i, LaneBatch)]
-                    self._items.clear()
-                    self._queued_events = 0
-                    in_flight = self._in_flight
-                for batch in ([in_flight] if in_flight is not None else []) + left:
-                    self._dead_letter(batch.events, "shutdown_timeout", None)
-                    self.dropped["shutdown_timeout"] += batch.count
-                    with self._cond:
-                        self.failed += batch.count
-                logger.warning(
-                    "sink %r did not finish within the shutdown deadline; %d event(s) it held "
-                    "were dead-lettered (the one in flight may also arrive)",
-                    self.name, sum(b.count for b in ([in_flight] if in_flight else []) + left),
-                )
-                return False
-        return True
+        if thread is None:
+            return True
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if not thread.is_alive():
+            return True
+        with self._cond:
+            left = [i for i in self._items if isinstance(i, LaneBatch)]
+            for batch in left:
+                self._items.remove(batch)  # _STOP stays: the thread still ends after the send
+            self._queued_events = 0
+            in_flight = self._in_flight
+            self._abandoned = in_flight
+        held = ([in_flight] if in_flight is not None else []) + left
+        for batch in held:
+            self._dead_letter(batch.events, "shutdown_timeout", None)
+            self.dropped["shutdown_timeout"] += batch.count
+            with self._cond:
+                self.failed += batch.count
+        logger.warning(
+            "sink %r did not finish within the shutdown deadline; the %d event(s) it held were "
+            "dead-lettered", self.name, sum(b.count for b in held),
+        )
+        return False
 
     def close_sink(self, deadline: float) -> None:
         close = getattr(self.sink, "close", None)
@@ -284,7 +287,6 @@ class SinkLane:
             "retries": self.retries,
             "failures": self.send_errors,
             "dead_lettered": self.failed,
-            "dead_letter_errors": self.dead_letter_errors,
             "dropped": dict(self.dropped),
             "pending": self.pending,
             "last_error": self.last_error,

@@ -5,7 +5,8 @@
 
 A batcher connected with ``batcher.connect()`` turns each send into an Event. Keyword
 arguments become the event's data, except ``source=`` and ``priority=`` (the event's own
-fields) and ``data=`` (a dict merged into the data, for keys that clash with those names).
+fields), ``use_batching=False`` (deliver this one on its own) and ``data=`` (a dict merged into
+the data, for keys that clash with those names).
 Declare your own types with :func:`declare`; signal names are the event type strings.
 """
 

@@ -357,3 +357,62 @@ def test_a_broken_aggregation_policy_delivers_unmerged_instead_of_stopping(make_
     assert "policy bug" in caplog.text
     batcher.emit(JOB_STARTED, {"job_id": 3}, worker="w")  # the flush thread is still alive
     assert sink.wait_for(4, timeout=5)
+
+
+def test_close_racing_producers_loses_nothing_silently(make_batcher, dead_letter):
+    sink = MemorySink("raw", wants_aggregated=False)
+    batcher = make_batcher([sink], batch_timeout=0.01, max_queue_size=100_000)
+    accepted = [0] * 4
+    started = threading.Barrier(5)
+
+    def produce(t: int) -> None:
+        started.wait(5)
+        while True:
+            try:
+                batcher.emit("E", {"t": t}, worker=f"w{t}")
+            except BatcherClosedError:
+                return
+            accepted[t] += 1
+
+    threads = [threading.Thread(target=produce, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    started.wait(5)
+    time.sleep(0.05)
+    result = batcher.close(timeout=10)
+    for t in threads:
+        t.join(10)
+    stats = batcher.stats()
+    # every accepted event was delivered or dead-lettered; none sits in the queue
+    assert result.pending == 0 and stats["queue_depth"] == 0
+    assert sink.count + len(dead_letter.read()) == sum(accepted)
+    assert stats["events_rejected"]["closed"] == 4  # each producer's refused event, counted
+
+
+def test_a_full_queue_in_block_mode_is_never_raised_into_a_signal_sender(make_batcher):
+    policy = _StalledPolicy()
+    batcher = make_batcher([MemorySink()], batch_size=1, max_queue_size=2, overflow="block",
+                           block_timeout=0.05, aggregation=policy)
+    batcher.connect()
+    signals.job_started.send("w", job_id=0)
+    assert policy.stalled.wait(5)
+    results = [signals.job_started.send("w", job_id=n) for n in range(1, 5)]
+    assert [value for r in results for _, value in r] == [True, True, False, False]
+    assert batcher.stats()["events_dropped"] == {"block_timeout": 2}
+    policy.release.set()
+
+
+def test_a_hung_sink_at_close_is_dead_lettered_once_and_its_thread_ends(make_batcher, gate_sink, dead_letter):
+    hung = gate_sink("hung")
+    batcher = make_batcher([hung], batch_timeout=0.01, use_batching=False)
+    batcher.emit("E", {"n": 0}, worker="w")
+    assert hung.entered.wait(5)
+    batcher.emit("E", {"n": 1}, worker="w")
+    result = batcher.close(timeout=0.3)
+    assert (result.failed, result.pending) == (2, 0)
+    assert sorted(r["event"]["data"]["n"] for r in dead_letter.read()) == [0, 1]
+    lane = batcher._lanes[0]
+    hung.gate.set()  # the sink returns after all: not counted twice, and the thread ends
+    lane._thread.join(5)
+    assert not lane._thread.is_alive()
+    assert (lane.delivered, lane.failed) == (0, 2)

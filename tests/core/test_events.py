@@ -111,3 +111,13 @@ def test_to_dict_is_plain_json():
     d = json.loads(json.dumps(event.to_dict()))
     assert d["type"] == "JOB_STARTED" and d["priority"] == "HIGH" and d["batch_count"] == 1
     assert isinstance(event, Event) and event.created_datetime.tzinfo is not None
+
+
+def test_a_lone_surrogate_is_refused_where_the_event_is_made():
+    with pytest.raises(ValueError, match=r"data\['name'\].*lone surrogate"):
+        make_event("X", {"name": "frame\ud800.jpg"})
+    with pytest.raises(ValueError, match=r"data\['tags'\]\[0\].*lone surrogate"):
+        make_event("X", {"tags": ["\udcff"]})
+    with pytest.raises(ValueError, match="lone surrogate"):
+        make_event("X", {"k\ud800": 1})
+    assert make_event("X", {"name": "caméra ☀"}).data == {"name": "caméra ☀"}

@@ -255,3 +255,13 @@ def test_bad_settings_are_refused():
         RetryPolicy(max_attempts=0)
     with pytest.raises(ValueError, match="interval=-1"):
         InboxWorker("x", interval=-1)
+
+
+def test_rollback_switch_works_with_a_plain_string_sender(make_batcher):
+    agg = MemorySink("agg")
+    batcher = make_batcher([agg], batch_timeout=30)
+    b = SSEBroadcaster(worker_name="thumbs", batcher=batcher, use_batching=False, sender="thumbnailworker")
+    for job in (1, 2, 3):
+        assert b.broadcast_job_started(job)
+    assert agg.wait_for(3, timeout=5)
+    assert [[e.type for e in batch] for batch in agg.batches] == [["JOB_STARTED"]] * 3
