@@ -307,5 +307,6 @@ def _subset(named: Any, events: Sequence[Event]) -> Sequence[Event]:
     if not named:
         return events
     ids = {e.id if isinstance(e, Event) else e for e in named}
-    picked = [e for e in events if e.id in ids]
+    # an aggregated event is picked when it or one of its members is named
+    picked = [e for e in events if e.id in ids or any(m.id in ids for m in e.members)]
     return picked or events
