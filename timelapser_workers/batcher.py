@@ -491,6 +491,14 @@ class EventBatcher:
 
     # --- the flush thread ----------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._flush_loop()
+        except BaseException:  # a bug here must never be silent: every later event would stall
+            logger.critical("the flush thread of batcher %r died; events are no longer "
+                            "delivered (close() dead-letters what is queued)", self.name, exc_info=True)
+            raise
+
+    def _flush_loop(self) -> None:
         cfg = self.config
         buffers: dict[str | None, _WorkerBuffer] = {}
         ingress = self._queue
