@@ -15,7 +15,6 @@ indexes). Rows/s is the best of --repeat runs.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sqlite3
@@ -30,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import sqlalchemy as sa  # noqa: E402
 
+from common import drop_table, fresh_events_table  # noqa: E402
 from sinks.database import DatabaseSink, _copy_buffer, create_sink_engine  # noqa: E402
-from sinks.schema import events_table  # noqa: E402
 from sinks.upsert import bulk_upsert  # noqa: E402
 from timelapser_workers.events import make_event  # noqa: E402
 
@@ -41,19 +40,6 @@ def make_events(n: int) -> list:
         make_event("JOB_COMPLETED", {"job_id": i, "camera": f"cam{i % 7}", "ms": i * 1.5}, worker="w1", source="bench")
         for i in range(n)
     ]
-
-
-def fresh_table(engine: sa.Engine) -> str:
-    name = f"bench_{uuid.uuid4().hex[:10]}"
-    md = sa.MetaData()
-    events_table(md, name)
-    md.create_all(engine)
-    return name
-
-
-def drop(engine: sa.Engine, name: str) -> None:
-    with engine.begin() as conn:
-        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
 
 
 def timed(fn: Callable[[], None], rows: int, repeat: int, setup: Callable[[], None] | None = None) -> float:
@@ -87,7 +73,7 @@ def bench_postgres(url: str, n: int, batch: int, repeat: int) -> None:
     state: dict[str, str] = {}
 
     def new_table() -> None:
-        state["t"] = fresh_table(engine)
+        state["t"] = fresh_events_table(engine)
         tables.append(state["t"])
 
     def sink_run(use_copy: bool) -> Callable[[], None]:
@@ -141,7 +127,7 @@ def bench_postgres(url: str, n: int, batch: int, repeat: int) -> None:
         bench_upsert(engine, "PostgreSQL", min(n, 5000), repeat)
     finally:
         for t in tables:
-            drop(engine, t)
+            drop_table(engine, t)
         engine.dispose()
 
 
@@ -154,7 +140,7 @@ def bench_sqlite(n: int, batch: int, repeat: int) -> None:
     state: dict[str, str] = {}
 
     def new_table() -> None:
-        state["t"] = fresh_table(engine)
+        state["t"] = fresh_events_table(engine)
 
     def sink_run() -> None:
         sink = DatabaseSink(engine, table=state["t"], create_table=False)
@@ -213,7 +199,7 @@ def bench_upsert(engine: sa.Engine, label: str, n: int, repeat: int) -> None:
     results = [("upsert per row (one transaction)", timed(per_row, n, repeat, reset)),
                ("bulk_upsert (one executemany)", timed(bulk, n, repeat, reset))]
     print_table(f"{label} settings upsert: {n} rows, half existing", results, "upsert per row (one transaction)")
-    drop(engine, name)
+    drop_table(engine, name)
 
 
 def main() -> int:

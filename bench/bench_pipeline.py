@@ -33,7 +33,6 @@ import json
 import logging
 import os
 import sqlite3
-import statistics
 import sys
 import tempfile
 import time
@@ -41,12 +40,12 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from common import Verdicts, alternate, machine, median, print_table
+from common import Verdicts, alternate, drop_table, fresh_events_table, machine, median, print_table
 
 import sqlalchemy as sa
 
 from sinks.database import DatabaseSink, _copy_text
-from sinks.schema import EVENT_COLUMNS, events_table
+from sinks.schema import EVENT_COLUMNS
 from timelapser_workers import EventBatcher
 from timelapser_workers.config import BatcherConfig
 from timelapser_workers.demo import run_once
@@ -65,19 +64,6 @@ def _payload(i: int) -> dict[str, Any]:
 
 def _no_dead_letter(*_: Any) -> None:
     raise AssertionError("a benchmark run dead-lettered events; its numbers would be wrong")
-
-
-def _fresh_table(engine: sa.Engine) -> str:
-    name = f"bench_{uuid.uuid4().hex[:10]}"
-    md = sa.MetaData()
-    events_table(md, name)
-    md.create_all(engine)
-    return name
-
-
-def _drop(engine: sa.Engine, name: str) -> None:
-    with engine.begin() as conn:
-        conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{name}"')
 
 
 def _count(engine: sa.Engine, name: str) -> int:
@@ -165,12 +151,12 @@ def executemany_run(path: str, table: str, n: int) -> float:
 def _measured(engine: sa.Engine, n: int, run: Callable[[str, int], float]) -> Callable[[], dict[str, float]]:
     """One contender's run: a fresh table, the run, the rows counted (all must be there)."""
     def once() -> dict[str, float]:
-        table = _fresh_table(engine)
+        table = fresh_events_table(engine)
         try:
             seconds = run(table, n)
             stored = _count(engine, table)
         finally:
-            _drop(engine, table)
+            drop_table(engine, table)
         if stored != n:
             raise RuntimeError(f"{stored} of {n} rows stored")
         return {"rps": n / seconds, "s": seconds}

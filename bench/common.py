@@ -155,3 +155,23 @@ def start_threads(target: Callable[[int], None], n: int) -> list[threading.Threa
     for t in threads:
         t.start()
     return threads
+
+
+def fresh_events_table(engine: Any) -> str:
+    """Create a new events table (the DatabaseSink schema) with a unique name; return it."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    from sinks.schema import events_table
+
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    md = sa.MetaData()
+    events_table(md, name)
+    md.create_all(engine)
+    return name
+
+
+def drop_table(engine: Any, name: str) -> None:
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{name}"')

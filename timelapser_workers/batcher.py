@@ -19,7 +19,7 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple
 
 from blinker import ANY, Signal
 
