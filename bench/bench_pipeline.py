@@ -163,6 +163,20 @@ def _measured(engine: sa.Engine, n: int, run: Callable[[str, int], float]) -> Ca
     return once
 
 
+def _rows_per_second_table(tables: list[str], title: str, results: dict[str, list[dict[str, float]]],
+                           ratio_header: str, peer: int) -> list[float]:
+    """Print (and keep) one rows/s table with min..max and ratios to contender ``peer``;
+    return the median rows/s of each contender, in order."""
+    rps = {name: median(r, "rps") for name, r in results.items()}
+    base = list(rps.values())[peer]
+    tables.append(print_table(
+        title, ["contender", "rows/s", "min..max rows/s", ratio_header],
+        [(name, round(v), f"{min(s['rps'] for s in results[name]):,.0f}..{max(s['rps'] for s in results[name]):,.0f}",
+          f"{v / base:.2f}x") for name, v in rps.items()],
+    ))
+    return list(rps.values())
+
+
 def target_3(verdicts: Verdicts, rounds: int, n: int, pg_url: str | None, tmp: str) -> list[str]:
     from sinks.database import create_sink_engine
 
@@ -182,14 +196,9 @@ def target_3(verdicts: Verdicts, rounds: int, n: int, pg_url: str | None, tmp: s
             }, rounds)
         finally:
             engine.dispose()
-        rps = {name: median(r, "rps") for name, r in results.items()}
-        pipe, raw, one = rps.values()
-        tables.append(print_table(
-            f"Target 3, PostgreSQL: {n:,} events emitted -> committed, median of {rounds} rounds",
-            ["contender", "rows/s", "min..max rows/s", "vs raw COPY"],
-            [(name, round(v), f"{min(s['rps'] for s in results[name]):,.0f}..{max(s['rps'] for s in results[name]):,.0f}",
-              f"{v / raw:.2f}x") for name, v in rps.items()],
-        ))
+        pipe, raw, one = _rows_per_second_table(
+            tables, f"Target 3, PostgreSQL: {n:,} events emitted -> committed, median of {rounds} rounds",
+            results, "vs raw COPY", peer=1)
         verdicts.check("3. PostgreSQL pipeline >= 0.5x raw COPY", pipe >= 0.5 * raw,
                        f"{pipe:,.0f} vs {raw:,.0f} rows/s = {pipe / raw:.2f}x")
         verdicts.check("3. PostgreSQL pipeline >= 50x per-event commits", pipe >= 50 * one,
@@ -205,14 +214,9 @@ def target_3(verdicts: Verdicts, rounds: int, n: int, pg_url: str | None, tmp: s
         }, rounds)
     finally:
         engine.dispose()
-    rps = {name: median(r, "rps") for name, r in results.items()}
-    pipe, raw = rps.values()
-    tables.append(print_table(
-        f"Target 3, SQLite (WAL, synchronous=NORMAL): {n:,} events emitted -> committed, median of {rounds} rounds",
-        ["contender", "rows/s", "min..max rows/s", "vs raw executemany"],
-        [(name, round(v), f"{min(s['rps'] for s in results[name]):,.0f}..{max(s['rps'] for s in results[name]):,.0f}",
-          f"{v / raw:.2f}x") for name, v in rps.items()],
-    ))
+    pipe, raw = _rows_per_second_table(
+        tables, f"Target 3, SQLite (WAL, synchronous=NORMAL): {n:,} events emitted -> committed, "
+        f"median of {rounds} rounds", results, "vs raw executemany", peer=1)
     verdicts.check("3. SQLite pipeline >= 0.5x raw executemany (WAL)", pipe >= 0.5 * raw,
                    f"{pipe:,.0f} vs {raw:,.0f} rows/s = {pipe / raw:.2f}x")
     return tables
