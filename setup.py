@@ -10,7 +10,13 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["timelapser_workers", "timelapser_workers.*", "sinks", "sinks.*"]),
+    # The repository's top-level sinks/ folder installs as timelapser_workers.sinks: a user's
+    # own `sinks` module can never shadow the library's, and no `sinks` package is installed.
+    packages=find_packages(include=["timelapser_workers", "timelapser_workers.*"])
+    + ["timelapser_workers.sinks." + p for p in find_packages("sinks")]
+    + ["timelapser_workers.sinks"],
+    package_dir={"timelapser_workers.sinks": "sinks"},
+    package_data={"timelapser_workers": ["py.typed"]},
     install_requires=[
         "SQLAlchemy>=2.0,<3",
         "blinker>=1.6",
@@ -41,13 +47,13 @@ setup(
         ],
     },
     entry_points={
-        "console_scripts": ["timelapser-workers = timelapser_workers.cli:main"],
+        "console_scripts": ["timelapser-workers = timelapser_workers.app.cli:main"],
         "timelapser_workers.sinks": [
-            "memory = sinks.memory:MemorySink",
-            "sqlite = sinks.database:DatabaseSink",
-            "postgresql = sinks.database:DatabaseSink",
-            "log = sinks.log:LogSink",
-            "sse = sinks.sse:SSESink",
+            "memory = timelapser_workers.sinks.memory:MemorySink",
+            "sqlite = timelapser_workers.sinks.database:DatabaseSink",
+            "postgresql = timelapser_workers.sinks.database:DatabaseSink",
+            "log = timelapser_workers.sinks.log:LogSink",
+            "sse = timelapser_workers.sinks.sse:SSESink",
         ],
     },
 )

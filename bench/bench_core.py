@@ -435,7 +435,7 @@ _EXIT_SCRIPT = textwrap.dedent(
     import sys, threading, time
     sys.path.insert(0, sys.argv[1])
     from timelapser_workers import EventBatcher
-    from sinks.database import DatabaseSink
+    from timelapser_workers.sinks.database import DatabaseSink
 
     class HungSink:
         name = "hung"

@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import sqlalchemy as sa  # noqa: E402
 
 from common import drop_table, fresh_events_table  # noqa: E402
-from sinks.database import DatabaseSink, _copy_buffer, create_sink_engine  # noqa: E402
-from sinks.upsert import bulk_upsert  # noqa: E402
+from timelapser_workers.sinks.database import DatabaseSink, _copy_buffer  # noqa: E402
+from timelapser_workers.sql.engine import create_sink_engine  # noqa: E402
+from timelapser_workers.sql.upsert import bulk_upsert  # noqa: E402
 from timelapser_workers.events import make_event  # noqa: E402
 
 

@@ -18,7 +18,7 @@ made before the clock starts. Contenders alternate round by round; medians are p
 - raw executemany (SQLite)  sqlite3 alone, WAL, synchronous=NORMAL (as the sink sets it),
                 executemany + commit per 500.
 
-Target 4, the timelapse scenario: timelapser_workers.demo.run_once (the three example workers
+Target 4, the timelapse scenario: timelapser_workers.app.demo.run_once (the three example workers
 on a bursty workload: every camera due at once each period), batched and one by one, alternating,
 several rounds per database. Counts come from the sinks' stats and the table itself.
 """
@@ -44,11 +44,11 @@ from common import Verdicts, alternate, drop_table, fresh_events_table, machine,
 
 import sqlalchemy as sa
 
-from sinks.database import DatabaseSink, _copy_text
-from sinks.schema import EVENT_COLUMNS
+from timelapser_workers.sinks.database import DatabaseSink, _copy_text
+from timelapser_workers.sql.schema import EVENT_COLUMNS
 from timelapser_workers import EventBatcher
 from timelapser_workers.config import BatcherConfig
-from timelapser_workers.demo import run_once
+from timelapser_workers.app.demo import run_once
 
 BATCH = 500
 APP = "timelapser-bench"
@@ -178,7 +178,7 @@ def _rows_per_second_table(tables: list[str], title: str, results: dict[str, lis
 
 
 def target_3(verdicts: Verdicts, rounds: int, n: int, pg_url: str | None, tmp: str) -> list[str]:
-    from sinks.database import create_sink_engine
+    from timelapser_workers.sql.engine import create_sink_engine
 
     tables = []
     settings = ", ".join(f"{k}={v}" for k, v in PIPELINE_SETTINGS.items())
@@ -226,7 +226,7 @@ def target_3(verdicts: Verdicts, rounds: int, n: int, pg_url: str | None, tmp: s
 def _load_examples() -> None:
     """Import the example workers with examples/common.py as their ``common`` (this script's
     own ``common`` module has the same name), so demo.run_once finds them imported."""
-    from timelapser_workers.demo import EXAMPLES
+    from timelapser_workers.app.demo import EXAMPLES
 
     ours = sys.modules.pop("common")
     sys.path.insert(0, str(EXAMPLES))

@@ -163,7 +163,7 @@ def fresh_events_table(engine: Any) -> str:
 
     import sqlalchemy as sa
 
-    from sinks.schema import events_table
+    from timelapser_workers.sql.schema import events_table
 
     name = f"bench_{uuid.uuid4().hex[:10]}"
     md = sa.MetaData()

@@ -62,9 +62,9 @@ def client_main(port: int, clients: int, expected: int, deadline_s: float) -> No
 
 
 def run(kind: str, clients: int, batches: int, batch_size: int, rate: float) -> dict:
-    from sinks.sse import SSEHub
-    from sinks.sse.asgi import SSEAsgiApp
-    from sinks.sse.wsgi import ServerThread, SSEWsgiApp, make_server
+    from timelapser_workers.sinks.sse import SSEHub
+    from timelapser_workers.sinks.sse.asgi import SSEAsgiApp
+    from timelapser_workers.sinks.sse.wsgi import ServerThread, SSEWsgiApp, make_server
     from timelapser_workers.events import make_event
 
     hub = SSEHub(max_clients=clients + 10, client_queue_events=batches * batch_size + 10)

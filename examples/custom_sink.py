@@ -3,7 +3,7 @@
     .venv/bin/python examples/custom_sink.py
 
 A sink is any object with ``send(batch)`` (and optionally ``close(timeout)``); subclassing
-sinks.base.Sink documents the contract. Raise TransientSinkError to be retried, and
+timelapser_workers.contract.Sink documents the contract. Raise TransientSinkError to be retried, and
 PermanentSinkError to refuse a batch (it goes to the dead letter). ``wants_aggregated =
 False`` asks for the raw events instead of JOBS_BATCH_* events.
 """
@@ -16,11 +16,10 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from sinks.base import Event, PermanentSinkError, Sink, TransientSinkError
-from timelapser_workers import EventBatcher, signals
+from timelapser_workers import BaseSink, Event, EventBatcher, PermanentSinkError, TransientSinkError, signals
 
 
-class CsvSink(Sink):
+class CsvSink(BaseSink):
     """Append each event as a row: id, created_at, worker, type, job_id."""
 
     name = "csv"

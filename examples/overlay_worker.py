@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from common import Inbox, make_sample_frames
-from sinks import MemorySink
+from timelapser_workers.sinks import MemorySink
 from timelapser_workers import EventBatcher, PermanentJobError, ThreadWorker
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from common import Inbox, make_frame
 from overlay_worker import OverlayWorker
-from sinks import MemorySink
+from timelapser_workers.sinks import MemorySink
 from thumbnail_worker import ThumbnailWorker
 from timelapser_workers import EventBatcher, ThreadWorker
 

@@ -1,17 +1,23 @@
-"""Sinks: where batches of events go. The contract is in :mod:`sinks.base`.
+"""The built-in sinks: where batches of events go. The contract is in
+:mod:`timelapser_workers.contract` (the core); this package holds concrete sinks only.
 
-``load_sink("sqlite:///events.db")`` builds a sink from a URL (see :mod:`sinks.registry`).
-The concrete sinks are imported on first use: ``sinks.DatabaseSink``, ``sinks.LogSink``...
+``load_sink("sqlite:///events.db")`` builds a sink from a URL (see :mod:`.registry`). The
+heavier sinks are imported on first use: ``timelapser_workers.sinks.DatabaseSink``, ...
+
+(In the repository this is the top-level ``sinks/`` folder; it installs as
+``timelapser_workers.sinks``, so a user's own ``sinks`` module can never shadow it.)
 """
 
 from typing import Any
 
-from sinks.base import Event, PermanentSinkError, Sink, SinkError, TransientSinkError
-from sinks.memory import MemorySink
-from sinks.registry import available_sinks, load_sink, register_sink, unregister_sink
+from timelapser_workers.contract import BaseSink, Event, Sink
+from timelapser_workers.errors import PermanentSinkError, SinkError, TransientSinkError
+from timelapser_workers.sinks.memory import MemorySink
+from timelapser_workers.sinks.registry import available_sinks, load_sink, register_sink, unregister_sink
 
 __all__ = [
     "Sink",
+    "BaseSink",
     "SinkError",
     "TransientSinkError",
     "PermanentSinkError",
@@ -19,9 +25,7 @@ __all__ = [
     "MemorySink",
     "DatabaseSink",
     "LogSink",
-    "BatchingDatabaseHandler",
-    "bulk_upsert",
-    "events_table",
+    "SSESink",
     "load_sink",
     "register_sink",
     "unregister_sink",
@@ -29,18 +33,16 @@ __all__ = [
 ]
 
 _LAZY = {
-    "DatabaseSink": "sinks.database",
-    "events_table": "sinks.schema",
-    "LogSink": "sinks.log",
-    "BatchingDatabaseHandler": "sinks.log",
-    "bulk_upsert": "sinks.upsert",
+    "DatabaseSink": "timelapser_workers.sinks.database",
+    "LogSink": "timelapser_workers.sinks.log",
+    "SSESink": "timelapser_workers.sinks.sse",
 }
 
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
-        raise AttributeError(f"module 'sinks' has no attribute {name!r}")
+        raise AttributeError(f"module 'timelapser_workers.sinks' has no attribute {name!r}")
     import importlib
 
     return getattr(importlib.import_module(module), name)

@@ -12,7 +12,7 @@ What one batch costs: on PostgreSQL through psycopg2, one ``COPY ... FROM STDIN`
 multi-row ``INSERT ... ON CONFLICT (event_id) DO NOTHING``. Writing is idempotent on
 ``event_id``: a batch sent twice stores each event once.
 
-Failures: see :mod:`sinks.dberrors`. Transient ones raise TransientSinkError (the lane retries);
+Failures: see :mod:`timelapser_workers.sql.errors`. Transient ones raise TransientSinkError (the lane retries);
 a row-level failure splits the batch in halves until the bad rows are found: the others
 commit and PermanentSinkError(events=bad rows) sends those to the dead letter.
 """
@@ -30,88 +30,24 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.engine.url import URL
 
-from sinks.base import Event, PermanentSinkError, Sink, TransientSinkError
-from sinks.dberrors import ErrorKind, classify_error
-from sinks.upsert import execute_rows
-from sinks.schema import DEFAULT_NOTIFY_CHANNEL, DEFAULT_TABLE, EVENT_COLUMNS, check_identifier, events_table
+from timelapser_workers.contract import BaseSink, Event
+from timelapser_workers.errors import PermanentSinkError, TransientSinkError
+from timelapser_workers.sql.engine import (
+    DEFAULT_BUSY_TIMEOUT_SECONDS,
+    DEFAULT_CONNECT_TIMEOUT_SECONDS,
+    create_sink_engine,
+)
+from timelapser_workers.sql.errors import ErrorKind, classify_error
+from timelapser_workers.sql.upsert import execute_rows
+from timelapser_workers.sql.schema import DEFAULT_NOTIFY_CHANNEL, DEFAULT_TABLE, EVENT_COLUMNS, check_identifier, events_table
 
-__all__ = [
-    "DatabaseSink",
-    "events_table",
-    "classify_error",
-    "ErrorKind",
-    "create_sink_engine",
-    "event_row",
-    "DEFAULT_TABLE",
-    "DEFAULT_NOTIFY_CHANNEL",
-]
+__all__ = ["DatabaseSink", "event_row", "URL_OPTIONS"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BUSY_TIMEOUT_SECONDS = 5.0
-DEFAULT_CONNECT_TIMEOUT_SECONDS = 5
-
-
-def create_sink_engine(
-    url: str | URL,
-    *,
-    busy_timeout: float = DEFAULT_BUSY_TIMEOUT_SECONDS,
-    connect_timeout: int = DEFAULT_CONNECT_TIMEOUT_SECONDS,
-    application_name: str = "timelapser-workers",
-    pool_size: int = 2,
-) -> Engine:
-    """Make an Engine the way DatabaseSink wants one, for a URL it was given.
-
-    SQLite: WAL journal, ``busy_timeout`` seconds of waiting on a locked database,
-    synchronous=NORMAL (durable across a process crash; WAL keeps it consistent).
-    PostgreSQL: pool pre-ping (a dead pooled connection is replaced, not handed out),
-    ``connect_timeout`` seconds to connect, TCP keepalives, ``application_name`` (so an operator,
-    or a test, can find the sink's backends in ``pg_stat_activity``).
-    """
-    u = make_url(url)
-    backend = u.get_backend_name()
-    if backend == "sqlite":
-        engine = sa.create_engine(u, connect_args={"timeout": busy_timeout}, pool_pre_ping=True)
-        busy_ms = int(busy_timeout * 1000)
-
-        @sa.event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            try:
-                if u.database not in (None, "", ":memory:"):
-                    cur.execute("PRAGMA journal_mode=WAL")
-                cur.execute(f"PRAGMA busy_timeout={busy_ms:d}")
-                cur.execute("PRAGMA synchronous=NORMAL")
-            finally:
-                cur.close()
-
-        return engine
-    if backend == "postgresql":
-        if u.drivername in ("postgresql", "postgres"):
-            # A plain postgresql:// means psycopg2 here (SQLAlchemy 2.1 would pick psycopg 3).
-            u = u.set(drivername="postgresql+psycopg2")
-        connect_args: dict[str, Any] = {}
-        if u.get_driver_name() == "psycopg2":
-            connect_args = {
-                "connect_timeout": connect_timeout,
-                "application_name": application_name,
-                "keepalives": 1,
-                "keepalives_idle": 10,
-                "keepalives_interval": 5,
-                "keepalives_count": 3,
-            }
-            # Options given in the URL query win over these defaults.
-            for key in list(connect_args):
-                if key in u.query:
-                    del connect_args[key]
-        return sa.create_engine(
-            u, connect_args=connect_args, pool_pre_ping=True, pool_size=pool_size, max_overflow=2
-        )
-    return sa.create_engine(u, pool_pre_ping=True)
-
 
 def event_row(event: Event) -> dict[str, Any]:
-    """The events-table row for ``event`` (the columns of :data:`sinks.schema.EVENT_COLUMNS`)."""
+    """The events-table row for ``event`` (the columns of :data:`timelapser_workers.sql.schema.EVENT_COLUMNS`)."""
     return {
         "event_id": event.id,
         "type": event.type,
@@ -156,7 +92,7 @@ def _copy_buffer(batch: Sequence[Event]) -> io.StringIO:
     return io.StringIO("\n".join(lines))
 
 
-class DatabaseSink(Sink):
+class DatabaseSink(BaseSink):
     """Write each batch into the events table ``table`` in one transaction.
 
     ``target``: a SQLAlchemy URL (string or URL; we make the Engine and dispose it at close)
@@ -438,7 +374,7 @@ class DatabaseSink(Sink):
         :data:`URL_OPTIONS`. Other query keys are passed to the database driver for
         PostgreSQL (libpq options such as ``sslmode``) and refused for SQLite.
         """
-        from sinks.options import parse_options
+        from timelapser_workers.sinks.options import parse_options
 
         u = make_url(url)
         backend = u.get_backend_name()

@@ -6,12 +6,12 @@ import threading
 import time
 from typing import Sequence
 
-from sinks.base import Event, Sink
+from timelapser_workers.contract import BaseSink, Event
 
 __all__ = ["MemorySink"]
 
 
-class MemorySink(Sink):
+class MemorySink(BaseSink):
     """Record each batch it is sent; ``wait_for`` blocks (with a deadline) until enough arrive."""
 
     name = "memory"

@@ -28,8 +28,8 @@ import threading
 from typing import Any, Callable, Mapping
 from urllib.parse import parse_qsl, urlsplit
 
-from sinks.base import Sink
-from sinks.options import parse_options
+from timelapser_workers.contract import Sink
+from timelapser_workers.sinks.options import parse_options
 from timelapser_workers.errors import SinkLoadError
 
 __all__ = ["ENTRY_POINT_GROUP", "SinkInfo", "load_sink", "register_sink", "unregister_sink", "available_sinks", "sink_factory"]
@@ -212,7 +212,7 @@ def load_sink(spec: str | Mapping[str, Any], **options: Any) -> Sink:
         raise
     except (TypeError, ValueError) as exc:
         raise SinkLoadError(f"cannot build sink {name!r} from {where}: {exc}") from exc
-    if not isinstance(sink, Sink) and not callable(getattr(sink, "send", None)):
+    if not callable(getattr(sink, "send", None)):
         raise SinkLoadError(f"sink {name!r} factory {_qualname(factory)} returned {sink!r}, which has no send(batch)")
     logger.debug("loaded sink %r from %s", getattr(sink, "name", name), where)
     return sink

@@ -11,7 +11,7 @@ from typing import Callable, Iterator, Sequence
 
 import pytest
 
-from sinks import MemorySink, Sink
+from timelapser_workers.sinks import MemorySink, Sink
 from timelapser_workers import EventBatcher, JsonLinesDeadLetter, TransientSinkError
 from timelapser_workers.events import Event
 

@@ -7,6 +7,7 @@ from timelapser_workers.broadcaster import SSEBroadcaster
 from timelapser_workers.default import get_default_batcher, set_default_batcher
 from timelapser_workers.worker import PermanentJobError, RetryPolicy, ThreadWorker
 from timelapser_workers.config import BatcherConfig
+from timelapser_workers.contract import BaseSink, Sink
 from timelapser_workers.deadletter import JsonLinesDeadLetter
 from timelapser_workers.errors import (
     BatcherClosedError,
@@ -31,6 +32,8 @@ __all__ = [
     "BatcherConfig",
     "AggregationPolicy",
     "JsonLinesDeadLetter",
+    "Sink",
+    "BaseSink",
     "signals",
     "Event",
     "Priority",

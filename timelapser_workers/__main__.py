@@ -2,6 +2,6 @@
 
 import sys
 
-from timelapser_workers.cli import main
+from timelapser_workers.app.cli import main
 
 sys.exit(main())

@@ -241,7 +241,7 @@ _live: "weakref.WeakSet[EventBatcher]" = weakref.WeakSet()
 class EventBatcher:
     """Batch events from many producer threads and deliver them to sinks.
 
-    ``sinks``: objects with ``send(batch)`` (see sinks.base.Sink). Every setting left as None
+    ``sinks``: objects with ``send(batch)`` (see timelapser_workers.contract.Sink). Every setting left as None
     comes from ``TIMELAPSER_<NAME>`` in the environment or constants.py; a bad value raises
     ValueError naming it. ``dead_letter``: a callable(events, sink_name, reason, error) or a
     path for the JSON-lines default. ``use_batching=False`` sends every event on its own.
@@ -315,7 +315,7 @@ class EventBatcher:
     def add_sink(self, sink: Any) -> None:
         """Deliver to ``sink`` too, through a lane (queue + thread) of its own."""
         if not callable(getattr(sink, "send", None)):
-            raise TypeError(f"sink {sink!r} has no send(batch) method; see sinks.base.Sink")
+            raise TypeError(f"sink {sink!r} has no send(batch) method; see timelapser_workers.contract.Sink")
         base = getattr(sink, "name", None) or type(sink).__name__
         taken = {lane.name for lane in self._lanes}
         name, n = str(base), 2

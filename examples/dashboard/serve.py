@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # runs directly from a checkout, like every example
     sys.path.insert(0, str(ROOT))
 
-from sinks.sse import SSESink  # noqa: E402
-from sinks.sse.wsgi import ServerThread, SSEWsgiApp, make_server  # noqa: E402
+from timelapser_workers.sinks.sse import SSESink  # noqa: E402
+from timelapser_workers.sinks.sse.wsgi import ServerThread, SSEWsgiApp, make_server  # noqa: E402
 from timelapser_workers.batcher import EventBatcher  # noqa: E402
 
 __all__ = ["make_app", "SampleWorkers", "PAGE", "main"]

@@ -1,5 +1,8 @@
-"""Server-Sent Events: a hub that fans batches out to browsers, WSGI and ASGI endpoints, and a
-DatabaseEventSource that tails the events table into a hub across processes.
+"""Server-Sent Events: a hub that fans batches out to browsers, and WSGI and ASGI endpoints.
+
+Layers: framing (bytes on the wire) -> hub (fan-out, replay) -> endpoint (HTTP behaviour) ->
+thin WSGI and ASGI apps. Feeding a hub from other processes is a source's job: see
+:mod:`timelapser_workers.sources`.
 
     sink = SSESink(replay_events=1000)          # give it to the EventBatcher
     app = sink.wsgi_app()                       # or sink.asgi_app(); mount at /events
@@ -7,10 +10,10 @@ DatabaseEventSource that tails the events table into a hub across processes.
 
 from typing import Any
 
-from sinks.sse.endpoint import SSEEndpoint, SSERequest
-from sinks.sse.hub import STREAM_RESET, HubFullError, SSEClient, SSEHub, Subscription
-from sinks.sse.sink import SSESink
-from sinks.sse.wsgi import SSEWsgiApp
+from timelapser_workers.sinks.sse.endpoint import SSEEndpoint, SSERequest
+from timelapser_workers.sinks.sse.hub import STREAM_RESET, HubFullError, SSEClient, SSEHub, Subscription
+from timelapser_workers.sinks.sse.sink import SSESink
+from timelapser_workers.sinks.sse.wsgi import SSEWsgiApp
 from timelapser_workers.errors import SSERefused
 
 __all__ = [
@@ -25,17 +28,12 @@ __all__ = [
     "SSERefused",
     "SSEWsgiApp",
     "SSEAsgiApp",
-    "DatabaseEventSource",
 ]
 
 
-def __getattr__(name: str) -> Any:  # the ASGI app and the database source load on first use
+def __getattr__(name: str) -> Any:  # the ASGI app loads on first use
     if name == "SSEAsgiApp":
-        from sinks.sse.asgi import SSEAsgiApp
+        from timelapser_workers.sinks.sse.asgi import SSEAsgiApp
 
         return SSEAsgiApp
-    if name == "DatabaseEventSource":
-        from sinks.sse.db_source import DatabaseEventSource
-
-        return DatabaseEventSource
-    raise AttributeError(f"module 'sinks.sse' has no attribute {name!r}")
+    raise AttributeError(f"module 'timelapser_workers.sinks.sse' has no attribute {name!r}")

@@ -13,8 +13,8 @@ import contextlib
 import logging
 from typing import Any, Awaitable, Callable, MutableMapping
 
-from sinks.sse.endpoint import KEEPALIVE, Refusal, SSEEndpoint, SSERequest, Stream, resolve_endpoint
-from sinks.sse.hub import SSEHub
+from timelapser_workers.sinks.sse.endpoint import KEEPALIVE, Refusal, SSEEndpoint, SSERequest, Stream, resolve_endpoint
+from timelapser_workers.sinks.sse.hub import SSEHub
 
 __all__ = ["SSEAsgiApp"]
 

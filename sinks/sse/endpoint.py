@@ -15,8 +15,8 @@ import logging
 import urllib.parse
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from sinks.sse.framing import comment_frame, retry_frame
-from sinks.sse.hub import HubFullError, SSEClient, SSEHub, Subscription
+from timelapser_workers.sinks.sse.framing import comment_frame, retry_frame
+from timelapser_workers.sinks.sse.hub import HubFullError, SSEClient, SSEHub, Subscription
 from timelapser_workers.errors import SSERefused
 
 __all__ = ["SSERequest", "Refusal", "Stream", "SSEEndpoint", "Authorize", "QUERY_PARAMETERS"]

@@ -20,7 +20,7 @@ import logging
 import threading
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from sinks.sse.framing import event_frame
+from timelapser_workers.sinks.sse.framing import event_frame
 from timelapser_workers.events import Event
 
 __all__ = ["SSEHub", "SSEClient", "Subscription", "HubFullError", "STREAM_RESET"]

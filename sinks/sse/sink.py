@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Sequence
 
-from sinks.base import Event, Sink
-from sinks.sse.hub import SSEHub
+from timelapser_workers.contract import BaseSink, Event
+from timelapser_workers.sinks.sse.hub import SSEHub
 
 __all__ = ["SSESink"]
 
@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 _HUB_DEFAULTS = {"replay_events": 1000, "client_queue_events": 1000, "max_clients": 1000, "named_events": False}
 
 
-class SSESink(Sink):
+class SSESink(BaseSink):
     """Publish every batch to ``hub`` (made from the hub options when not given; see SSEHub).
 
     Loadable by name: ``load_sink("sse?replay_events=5000")``.
@@ -60,12 +60,12 @@ class SSESink(Sink):
 
     def wsgi_app(self, **options: Any) -> Any:
         """A WSGI app serving this sink's hub (options as for :class:`SSEEndpoint`)."""
-        from sinks.sse.wsgi import SSEWsgiApp
+        from timelapser_workers.sinks.sse.wsgi import SSEWsgiApp
 
         return SSEWsgiApp(self.hub, **options)
 
     def asgi_app(self, **options: Any) -> Any:
         """An ASGI app serving this sink's hub (options as for :class:`SSEEndpoint`)."""
-        from sinks.sse.asgi import SSEAsgiApp
+        from timelapser_workers.sinks.sse.asgi import SSEAsgiApp
 
         return SSEAsgiApp(self.hub, **options)

@@ -15,8 +15,8 @@ import threading
 import wsgiref.simple_server
 from typing import Any, Callable, Iterable, Iterator
 
-from sinks.sse.endpoint import KEEPALIVE, Refusal, SSEEndpoint, SSERequest, Stream, resolve_endpoint
-from sinks.sse.hub import SSEHub
+from timelapser_workers.sinks.sse.endpoint import KEEPALIVE, Refusal, SSEEndpoint, SSERequest, Stream, resolve_endpoint
+from timelapser_workers.sinks.sse.hub import SSEHub
 
 __all__ = ["SSEWsgiApp", "make_server", "ServerThread"]
 

@@ -7,7 +7,7 @@ from timelapser_workers.events import (
     WORKER_STATISTICS,
     make_event,
 )
-from sinks import MemorySink
+from timelapser_workers.sinks import MemorySink
 
 
 def test_three_job_started_from_signals_become_one_batch_event(make_batcher):

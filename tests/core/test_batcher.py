@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from sinks import MemorySink
+from timelapser_workers.sinks import MemorySink
 from timelapser_workers import (
     AggregationPolicy,
     BatcherClosedError,

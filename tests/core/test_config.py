@@ -62,7 +62,7 @@ def test_a_bad_value_from_the_environment_names_the_variable(monkeypatch, tmp_pa
 
 
 def test_one_sink_instead_of_a_list_is_explained(tmp_path):
-    from sinks import MemorySink
+    from timelapser_workers.sinks import MemorySink
 
     with pytest.raises(TypeError, match=r"list of sinks.*pass \["):
         EventBatcher(MemorySink(), dead_letter=tmp_path / "d.jsonl")

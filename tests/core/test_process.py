@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from sinks import MemorySink
+from timelapser_workers.sinks import MemorySink
 from timelapser_workers.events import JOB_STARTED
 
 # A sink that appends each event as a JSON line, flushed per batch: what a real process leaves

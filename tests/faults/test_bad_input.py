@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from sinks import MemorySink
-from sinks.database import DatabaseSink
+from timelapser_workers.sinks import MemorySink
+from timelapser_workers.sinks.database import DatabaseSink
 from timelapser_workers import EventBatcher, JsonLinesDeadLetter, signals
 from timelapser_workers.events import JOB_STARTED, make_event
 

@@ -8,7 +8,7 @@ import random
 import sqlite3
 import threading
 
-from sinks.database import DatabaseSink
+from timelapser_workers.sinks.database import DatabaseSink
 from timelapser_workers import EventBatcher, JsonLinesDeadLetter, TransientSinkError
 from timelapser_workers.events import JOB_STARTED
 

@@ -23,7 +23,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "sinks"))
 from tcp_proxy import TcpProxy  # noqa: E402
 
-from sinks.database import DatabaseSink  # noqa: E402
+from timelapser_workers.sinks.database import DatabaseSink  # noqa: E402
 from timelapser_workers import EventBatcher, JsonLinesDeadLetter  # noqa: E402
 
 pytestmark = pytest.mark.postgres

@@ -30,7 +30,7 @@ _CHILD = textwrap.dedent(
     """
     import mmap, struct, sys
     sys.path.insert(0, sys.argv[1])
-    from sinks.database import DatabaseSink
+    from timelapser_workers.sinks.database import DatabaseSink
     from timelapser_workers import EventBatcher
 
     db, counter_path = sys.argv[2], sys.argv[3]

@@ -8,7 +8,8 @@ import threading
 import pytest
 import sqlalchemy as sa
 
-from sinks.database import DatabaseSink, events_table
+from timelapser_workers.sinks.database import DatabaseSink
+from timelapser_workers.sql.schema import events_table
 from timelapser_workers.errors import PermanentSinkError, TransientSinkError
 from timelapser_workers.events import Event, Priority, make_event
 
@@ -211,7 +212,7 @@ def test_sqlite_rows_are_what_sqlalchemys_insert_would_store(tmp_path) -> None:
     """The SQLite write skips SQLAlchemy's per-row processing; the stored text must not differ."""
     import sqlite3
 
-    from sinks.database import event_row
+    from timelapser_workers.sinks.database import event_row
 
     path = tmp_path / "events.db"
     fast = DatabaseSink(f"sqlite:///{path}", table="fast")

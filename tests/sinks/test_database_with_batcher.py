@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from sinks.database import DatabaseSink
+from timelapser_workers.sinks.database import DatabaseSink
 from tcp_proxy import TcpProxy
 from timelapser_workers.batcher import EventBatcher
 from timelapser_workers.events import Event

@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 import sqlalchemy as sa
 
-from sinks.dberrors import ErrorKind, classify_error
+from timelapser_workers.sql.errors import ErrorKind, classify_error
 
 
 class FakePgError(Exception):

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from sinks.log import BatchingDatabaseHandler, LogSink
+from timelapser_workers.integrations.log_handler import BatchingDatabaseHandler
+from timelapser_workers.sinks.log import LogSink
 from timelapser_workers.batcher import EventBatcher
 from timelapser_workers.events import make_event
 
@@ -108,7 +109,7 @@ def test_the_librarys_own_logging_during_a_flush_neither_recurses_nor_deadlocks(
     import sqlite3
 
     path = tmp_path / "logs.db"
-    from sinks.database import create_sink_engine
+    from timelapser_workers.sql.engine import create_sink_engine
 
     engine = create_sink_engine(f"sqlite:///{path}", busy_timeout=0.05)
     handler = BatchingDatabaseHandler(engine, table=unique_name, batch_size=10, batch_timeout=0.05, retry_delay=0.05, max_retries=1000)

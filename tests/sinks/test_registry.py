@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from sinks.database import DatabaseSink
-from sinks.log import LogSink
-from sinks.memory import MemorySink
-from sinks.registry import available_sinks, load_sink, register_sink, unregister_sink
+from timelapser_workers.sinks.database import DatabaseSink
+from timelapser_workers.sinks.log import LogSink
+from timelapser_workers.sinks.memory import MemorySink
+from timelapser_workers.sinks.registry import available_sinks, load_sink, register_sink, unregister_sink
 from timelapser_workers.batcher import EventBatcher
 from timelapser_workers.errors import SinkLoadError
 
@@ -118,7 +118,7 @@ def test_third_party_sink_through_its_entry_point(plugin_site: Path, monkeypatch
     with pytest.raises(SinkLoadError) as clash:
         load_sink("memory")
     assert "timelapser-echo-sink 0.1: tl_echo_sink:EchoSink" in str(clash.value)
-    assert "timelapser-workers 0.1.0: sinks.memory:MemorySink" in str(clash.value)
+    assert "timelapser-workers 0.1.0: timelapser_workers.sinks.memory:MemorySink" in str(clash.value)
 
 
 def test_cli_lists_sinks_and_where_they_come_from(plugin_site: Path) -> None:
@@ -133,13 +133,13 @@ def test_cli_lists_sinks_and_where_they_come_from(plugin_site: Path) -> None:
     assert proc.returncode == 1, proc.stdout + proc.stderr  # the broken plugin and the clash
     row = {tuple(line.split()[:3]) for line in lines}
     assert ("echo", "tl_echo_sink:EchoSink", "timelapser-echo-sink") in row
-    assert ("sqlite", "sinks.database:DatabaseSink", "timelapser-workers") in row
+    assert ("sqlite", "timelapser_workers.sinks.database:DatabaseSink", "timelapser-workers") in row
     assert any(line.startswith("broken") and "error: " in line and "ModuleNotFoundError" in line for line in lines)
     assert sum(line.startswith("memory") and "conflict" in line for line in lines) == 2
 
 
 def test_options_of_a_plain_factory_are_typed_from_its_defaults():
-    from sinks import load_sink
+    from timelapser_workers.sinks import load_sink
     from timelapser_workers.errors import SinkLoadError
 
     assert load_sink("memory?wants_aggregated=false").wants_aggregated is False

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from sinks.database import create_sink_engine
-from sinks.upsert import bulk_upsert
+from timelapser_workers.sql.engine import create_sink_engine
+from timelapser_workers.sql.upsert import bulk_upsert
 
 
 @pytest.fixture

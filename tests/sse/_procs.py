@@ -18,7 +18,7 @@ def writer(url: str, table: str, name: str, batches: int, per_batch: int, hold: 
     from tests.sse.conftest import write_rows
     from timelapser_workers.events import make_event
 
-    from sinks.database import create_sink_engine
+    from timelapser_workers.sql.engine import create_sink_engine
 
     engine = create_sink_engine(url)
     for b in range(batches):
@@ -34,7 +34,7 @@ def writer(url: str, table: str, name: str, batches: int, per_batch: int, hold: 
 
 
 def batcher(url: str, table: str, name: str, count: int) -> None:
-    from sinks.database import DatabaseSink
+    from timelapser_workers.sinks.database import DatabaseSink
     from timelapser_workers.batcher import EventBatcher
 
     sink = DatabaseSink(url, table=table, wants_aggregated=False)
@@ -48,9 +48,9 @@ def batcher(url: str, table: str, name: str, count: int) -> None:
 
 
 def tail(url: str, table: str) -> None:
-    from sinks.sse import SSEHub
-    from sinks.sse.db_source import DatabaseEventSource
-    from sinks.sse.wsgi import ServerThread, SSEWsgiApp, make_server
+    from timelapser_workers.sinks.sse import SSEHub
+    from timelapser_workers.sources.database import DatabaseEventSource
+    from timelapser_workers.sinks.sse.wsgi import ServerThread, SSEWsgiApp, make_server
 
     hub = SSEHub(replay_events=5000, client_queue_events=5000)
     source = DatabaseEventSource(url, hub, table=table, poll_interval_seconds=30).start()

@@ -14,9 +14,9 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from sinks.sse import SSEHub
-from sinks.sse.asgi import SSEAsgiApp
-from sinks.sse.wsgi import ServerThread, SSEWsgiApp, make_server
+from timelapser_workers.sinks.sse import SSEHub
+from timelapser_workers.sinks.sse.asgi import SSEAsgiApp
+from timelapser_workers.sinks.sse.wsgi import ServerThread, SSEWsgiApp, make_server
 from timelapser_workers.events import Event, make_event
 
 
@@ -198,7 +198,7 @@ def create_events_table(engine: Any, name: str) -> None:
     """Create the events table ``name`` exactly as DatabaseSink defines it."""
     import sqlalchemy as sa
 
-    from sinks.schema import events_table
+    from timelapser_workers.sql.schema import events_table
 
     events_table(sa.MetaData(), name).create(engine)
 
@@ -238,7 +238,7 @@ def pg_engine() -> Iterator[Any]:
     """An Engine on the test PostgreSQL server; skip (or fail under CI=true) when unreachable."""
     import sqlalchemy as sa
 
-    from sinks.database import create_sink_engine
+    from timelapser_workers.sql.engine import create_sink_engine
 
     engine = create_sink_engine(PG_URL)
     try:
@@ -271,7 +271,7 @@ def sqlite_engine(tmp_path: Any) -> Iterator[tuple[Any, str]]:
     """An Engine on a fresh SQLite file with the events table, and the table's name."""
     import sqlalchemy as sa
 
-    from sinks.database import create_sink_engine
+    from timelapser_workers.sql.engine import create_sink_engine
 
     engine = create_sink_engine(f"sqlite:///{tmp_path / 'events.db'}")
     create_events_table(engine, "sse_events")

@@ -16,8 +16,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from sinks.sse import SSESink
-from sinks.sse.wsgi import ServerThread, make_server
+from timelapser_workers.sinks.sse import SSESink
+from timelapser_workers.sinks.sse.wsgi import ServerThread, make_server
 from tests.sse.conftest import wait_until
 from timelapser_workers.batcher import EventBatcher
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from sinks.database import DatabaseSink
-from sinks.sse import SSEHub
-from sinks.sse.db_source import DatabaseEventSource
-from sinks.sse.wsgi import ServerThread, SSEWsgiApp, make_server
+from timelapser_workers.sinks.database import DatabaseSink
+from timelapser_workers.sinks.sse import SSEHub
+from timelapser_workers.sources.database import DatabaseEventSource
+from timelapser_workers.sinks.sse.wsgi import ServerThread, SSEWsgiApp, make_server
 from tests.sse.conftest import PG_URL, SSETestClient, events, wait_until, write_rows
 
 ROOT = Path(__file__).resolve().parents[2]

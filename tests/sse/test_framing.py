@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from sinks.sse.framing import comment_frame, event_frame, field_value, retry_frame
+from timelapser_workers.sinks.sse.framing import comment_frame, event_frame, field_value, retry_frame
 
 
 def test_field_values_cannot_break_lines():

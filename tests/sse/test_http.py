@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from sinks.sse import SSEHub, SSERefused
+from timelapser_workers.sinks.sse import SSEHub, SSERefused
 from tests.sse.conftest import SSETestClient, events, wait_until
 from timelapser_workers.events import make_event
 
@@ -302,7 +302,7 @@ def test_injection_in_names_ids_and_data_forges_nothing(serve):
 
 
 def test_sse_sink_behind_the_real_batcher(serve):
-    from sinks.sse import SSESink
+    from timelapser_workers.sinks.sse import SSESink
     from timelapser_workers.batcher import EventBatcher
 
     sink = SSESink(replay_events=100)

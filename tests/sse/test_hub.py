@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sinks.sse import HubFullError, SSEHub, Subscription
+from timelapser_workers.sinks.sse import HubFullError, SSEHub, Subscription
 from tests.sse.conftest import events
 
 
@@ -87,8 +87,8 @@ def test_allowed_channels_are_any_of_worker_source_type():
 
 
 def test_sse_sink_loads_by_name_with_typed_options():
-    from sinks.registry import load_sink
-    from sinks.sse import SSESink
+    from timelapser_workers.sinks.registry import load_sink
+    from timelapser_workers.sinks.sse import SSESink
 
     sink = load_sink("sse?replay_events=5&named_events=true")
     assert isinstance(sink, SSESink) and sink.hub.replay_events == 5 and sink.hub.named_events is True

@@ -6,8 +6,8 @@ import http.client
 import socket
 import threading
 
-from sinks.sse import SSESink
-from sinks.sse.wsgi import ServerThread, make_server
+from timelapser_workers.sinks.sse import SSESink
+from timelapser_workers.sinks.sse.wsgi import ServerThread, make_server
 from tests.sse.conftest import SSETestClient, events, wait_until
 
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from sinks import MemorySink
+from timelapser_workers.sinks import MemorySink
 from timelapser_workers import PermanentJobError, RetryPolicy, SSEBroadcaster, ThreadWorker
 from timelapser_workers.events import (
     JOB_COMPLETED,

@@ -2,10 +2,10 @@
 
 from typing import Sequence
 
-from sinks.base import Event, Sink
+from timelapser_workers import BaseSink, Event
 
 
-class EchoSink(Sink):
+class EchoSink(BaseSink):
     name = "echo"
     wants_aggregated = False
     received: list = []  # shared, so a test can see what a sink built by load_sink got

@@ -11,7 +11,7 @@ __all__ = ["main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from timelapser_workers import demo
+    from timelapser_workers.app import demo
 
     parser = argparse.ArgumentParser(prog="timelapser-workers")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "demo":
-        from timelapser_workers.demo import run_demo
+        from timelapser_workers.app.demo import run_demo
 
         return run_demo(args)
     if args.command == "sinks":
@@ -38,7 +38,7 @@ def list_sinks(check: bool = False) -> int:
     """Print every sink name, its target and origin; with ``check``, load each. 1 if any failed."""
     # The CLI is an application of the library, so it may reach the sinks package; the core
     # modules never do.
-    from sinks.registry import available_sinks
+    from timelapser_workers.sinks.registry import available_sinks
 
     infos = available_sinks()
     names = [i.name for i in infos]

@@ -27,9 +27,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from sinks.database import create_sink_engine
-from sinks.schema import DEFAULT_NOTIFY_CHANNEL, DEFAULT_TABLE, check_identifier
-from sinks.sse.hub import SSEHub
+from timelapser_workers.sql.engine import create_sink_engine
+from timelapser_workers.sql.schema import DEFAULT_NOTIFY_CHANNEL, DEFAULT_TABLE, check_identifier
+from timelapser_workers.sinks.sse.hub import SSEHub
 
 __all__ = ["DatabaseEventSource"]
 

@@ -34,7 +34,7 @@ from timelapser_workers import EventBatcher, signals
 
 __all__ = ["run_demo", "DemoRun", "add_arguments", "main"]
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @dataclass
@@ -138,9 +138,9 @@ class _Pipeline:
 
     def __init__(self, db_url: str, table: str, *, use_batching: bool, workdir: Path,
                  cameras: int, period: float, host: str = "127.0.0.1", port: int = 0) -> None:
-        from sinks.database import DatabaseSink
-        from sinks.sse import SSESink
-        from sinks.sse.wsgi import ServerThread, make_server
+        from timelapser_workers.sinks.database import DatabaseSink
+        from timelapser_workers.sinks.sse import SSESink
+        from timelapser_workers.sinks.sse.wsgi import ServerThread, make_server
 
         examples = _load_examples()
         self.table = table

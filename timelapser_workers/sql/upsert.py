@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from sinks.schema import check_identifier
+from timelapser_workers.sql.schema import check_identifier
 
 __all__ = ["bulk_upsert", "execute_rows"]
 
