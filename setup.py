@@ -27,6 +27,9 @@ setup(
         "test": [
             "pytest>=7",
             "pytest-timeout>=2.1",
+            # `run.py typecheck` (in .ci/run): mypy --strict on the package
+            "mypy>=1.10",
+            "types-psycopg2>=2.9",
             "psycopg2-binary>=2.9",
             # wheel: the plugin test builds a small distribution and installs it
             "wheel>=0.40",
