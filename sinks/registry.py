@@ -25,7 +25,7 @@ import importlib.metadata as md
 import logging
 import re
 import threading
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, cast
 from urllib.parse import parse_qsl, urlsplit
 
 from timelapser_workers.contract import Sink
@@ -75,7 +75,7 @@ class SinkInfo:
                 f"sink {self.name!r}: entry point '{self.entry_point.name} = {self.target}' of "
                 f"distribution {self.origin} is a {type(factory).__name__}, not a Sink class or factory"
             )
-        return factory
+        return cast(SinkFactory, factory)
 
 
 def _dist_label(ep: md.EntryPoint) -> str:

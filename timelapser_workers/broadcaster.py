@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping
 
-from blinker import Signal
+from blinker import NamedSignal
 
 from timelapser_workers import signals
 from timelapser_workers.batcher import EventBatcher
@@ -51,7 +51,7 @@ class SSEBroadcaster:
         self.failed_broadcast_count = 0
         self.batcher.connect(sender=self.sender)
 
-    def _send(self, signal: Signal, priority: Priority = Priority.NORMAL, **data: Any) -> bool:
+    def _send(self, signal: NamedSignal, priority: Priority = Priority.NORMAL, **data: Any) -> bool:
         """Send ``signal``; True if the batcher took the event (False: refused or dropped)."""
         try:
             results = signal.send(self.sender, source=self.event_source, priority=priority,

@@ -7,16 +7,17 @@ one JSON line per event to a file and logs one warning per batch. Reasons used b
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import os
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
 from timelapser_workers.events import Event
+from timelapser_workers.lifecycle import after_fork_in_child
+from timelapser_workers.threads import DaemonThread, WorkQueue, remaining
 
 __all__ = ["DeadLetterHandler", "JsonLinesDeadLetter", "DeadLetterWriter", "resolve_dead_letter"]
 
@@ -31,7 +32,7 @@ class JsonLinesDeadLetter:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        os.register_at_fork(after_in_child=self._reset_lock)
+        after_fork_in_child(self._reset_lock)  # held weakly: this handler may go away
 
     def _reset_lock(self) -> None:
         self._lock = threading.Lock()
@@ -59,7 +60,7 @@ class JsonLinesDeadLetter:
             f": {err}" if err else "", self.path,
         )
 
-    def read(self) -> list[dict]:
+    def read(self) -> list[dict[str, Any]]:
         """Every record written so far (for tests and replay tools)."""
         if not self.path.exists():
             return []
@@ -70,12 +71,11 @@ class JsonLinesDeadLetter:
         return f"JsonLinesDeadLetter({str(self.path)!r})"
 
 
-def resolve_dead_letter(value: DeadLetterHandler | str | os.PathLike[str] | None) -> DeadLetterHandler:
-    """A handler from a callable, a path, or None (the DEAD_LETTER_PATH setting)."""
+def resolve_dead_letter(value: DeadLetterHandler | str | os.PathLike[str] | None,
+                        default_path: str) -> DeadLetterHandler:
+    """A handler from a callable, a path, or None (then ``default_path``)."""
     if value is None:
-        from timelapser_workers.constants import setting
-
-        return JsonLinesDeadLetter(setting("DEAD_LETTER_PATH"))
+        return JsonLinesDeadLetter(default_path)
     if isinstance(value, (str, os.PathLike)):
         return JsonLinesDeadLetter(value)
     if callable(value):
@@ -86,15 +86,19 @@ def resolve_dead_letter(value: DeadLetterHandler | str | os.PathLike[str] | None
     )
 
 
+_Job = tuple[Sequence[Event], str, str, Union[BaseException, None], int]
+_STOP = object()
+
+
 class DeadLetterWriter:
     """Runs a dead-letter handler on its own thread, so whoever finds a dead batch (the flush
     thread above all, when a lane overflows) does not wait on the handler's I/O.
 
     Bounded: with ``max_events`` waiting, ``submit`` waits for room (up to ``block_timeout``
     seconds: an overloaded disk slows the pipeline rather than losing dead letters); past
-    that a batch is not written but counted (``dropped``) and logged. ``close(deadline)`` writes what is waiting until the deadline;
-    what is left then is counted as dropped too. One per EventBatcher; its thread starts on
-    the first dead letter.
+    that a batch is not written but counted (``dropped``) and logged. ``close(deadline)``
+    writes what is waiting until the deadline; what is left then is counted as dropped too.
+    One per EventBatcher; its thread starts on the first dead letter.
     """
 
     def __init__(self, handler: DeadLetterHandler, max_events: int, name: str = "events",
@@ -103,11 +107,9 @@ class DeadLetterWriter:
         self.max_events = max_events
         self.block_timeout = block_timeout
         self.name = name
-        self._cond = threading.Condition()
-        self._jobs: collections.deque[tuple[Sequence[Event], str, str, BaseException | None, int]] = collections.deque()
-        self._waiting = 0
-        self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._queue: WorkQueue[Any] = WorkQueue(max_events)
+        self._thread = DaemonThread(f"timelapser-deadletter-{name}", self._run)
+        self._writing = 0  # events taken off the queue and not yet written
         self.written = 0  # original events handed to the handler without error
         self.errors = 0  # original events whose handler call raised
         self.dropped = 0  # original events never handed over (full, or left at close)
@@ -117,42 +119,27 @@ class DeadLetterWriter:
         count = sum(e.batch_count for e in events)
         if not count:
             return
-        with self._cond:
-            # full: wait for room (that slows whoever is dead-lettering, and so, through the
-            # bounded queue, the producers) rather than lose the batch; give up at the deadline
-            deadline = time.monotonic() + self.block_timeout
-            while self._waiting + count > self.max_events and self._waiting:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
-            if self._waiting + count > self.max_events and self._waiting:
-                self.dropped += count
-                full = True
-            else:
-                full = False
-                self._jobs.append((events, sink_name, reason, error, count))
-                self._waiting += count
-                self._cond.notify()
-                if self._thread is None:  # started on first use
-                    self._thread = threading.Thread(
-                        target=self._run, name=f"timelapser-deadletter-{self.name}", daemon=True
-                    )
-                    self._thread.start()
-        if full:
-            logger.error(
-                "dead-letter writer of %r is %d events behind; %d event(s) of sink %r (%s) were "
-                "not written, only counted", self.name, self.max_events, count, sink_name, reason,
-            )
+        self._thread.start()  # started on first use
+        # full: wait for room (that slows whoever is dead-lettering, and so, through the
+        # bounded queue, the producers) rather than lose the batch; give up at the deadline
+        job: _Job = (events, sink_name, reason, error, count)
+        if self._queue.put(job, count, deadline=time.monotonic() + self.block_timeout):
+            return
+        with self._queue.cond:
+            self.dropped += count
+        logger.error(
+            "dead-letter writer of %r is %d events behind; %d event(s) of sink %r (%s) were "
+            "not written, only counted", self.name, self.max_events, count, sink_name, reason,
+        )
 
     def _run(self) -> None:
         while True:
-            with self._cond:
-                while not self._jobs and not self._stopping:
-                    self._cond.wait()
-                if not self._jobs:
+            with self._queue.cond:
+                job = self._queue.get()
+                if job is _STOP:
                     return
-                events, sink_name, reason, error, count = self._jobs.popleft()
+                self._writing += job[4]
+            events, sink_name, reason, error, count = job
             try:
                 self.handler(events, sink_name, reason, error)
                 self.written += count
@@ -162,38 +149,32 @@ class DeadLetterWriter:
                     "dead-letter handler failed for %d event(s) of sink %r (%s); they are counted "
                     "as dead-lettered but were not written", count, sink_name, reason,
                 )
-            with self._cond:
-                self._waiting -= count
-                self._cond.notify_all()
+            with self._queue.cond:
+                self._writing -= count
+                self._queue.cond.notify_all()
+
+    @property
+    def waiting(self) -> int:
+        """Events queued or being written."""
+        return self._queue.weight + self._writing
 
     def wait_idle(self, deadline: float) -> bool:
         """Wait until everything submitted so far is written, or ``deadline`` passes."""
-        with self._cond:
-            while self._waiting:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-            return True
+        with self._queue.cond:
+            return self._queue.cond.wait_for(lambda: self.waiting == 0, remaining(deadline))
 
     def close(self, deadline: float) -> None:
         """Write what is waiting until ``deadline`` (time.monotonic()); count what is left."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        thread = self._thread
-        if thread is not None:
-            thread.join(max(0.0, deadline - time.monotonic()))
-            if not thread.is_alive():
+        if self._thread.started:
+            self._queue.put(_STOP)
+            if self._thread.join(deadline):
                 return
-        with self._cond:
-            left = sum(job[4] for job in self._jobs)
-            self._jobs.clear()
+        left = sum(job[4] for job in self._queue.remove_all(lambda item: item is not _STOP))
+        with self._queue.cond:
             self.dropped += left
-            self._waiting -= left
         if left:
             logger.error("dead-letter writer of %r: %d event(s) not written by the deadline", self.name, left)
 
     def stats(self) -> dict[str, int]:
         return {"written": self.written, "errors": self.errors, "dropped": self.dropped,
-                "waiting": self._waiting}
+                "waiting": self.waiting}

@@ -3,11 +3,11 @@ one flush thread per process, not one per worker."""
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any
 
 from timelapser_workers.batcher import EventBatcher
+from timelapser_workers.lifecycle import after_fork_in_child
 
 __all__ = ["get_default_batcher", "set_default_batcher"]
 
@@ -20,7 +20,7 @@ def _reset_lock_in_child() -> None:
     _lock = threading.Lock()  # another thread may have held it at fork
 
 
-os.register_at_fork(after_in_child=_reset_lock_in_child)
+after_fork_in_child(_reset_lock_in_child)
 
 
 def get_default_batcher(**settings: Any) -> EventBatcher:

@@ -19,6 +19,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from timelapser_workers.lifecycle import after_fork_in_child
+
 __all__ = [
     "Event",
     "Priority",
@@ -109,7 +111,7 @@ def _reset_id_state() -> None:
     _id_last_ms = 0
 
 
-os.register_at_fork(after_in_child=_reset_id_state)
+after_fork_in_child(_reset_id_state)
 
 
 def new_event_id() -> str:

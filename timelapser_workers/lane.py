@@ -1,8 +1,8 @@
 """SinkLane: one sink's own queue and thread, with retries, dead letters and delivery stats.
 
 The flush thread hands batches to each lane without ever waiting: a slow, failing or hung
-sink fills only its own lane (bounded; when it is full its oldest batches go to the batcher's
-dead-letter thread) and delays nobody else. Retries use tenacity: ``max_retries`` after the first attempt,
+sink fills only its own lane (a WorkQueue bounded in events; when it is full its oldest
+batches go to the batcher's dead-letter thread) and delays nobody else. Retries use tenacity: ``max_retries`` after the first attempt,
 exponential backoff from ``retry_delay`` with jitter, capped at ``retry_max_delay``; the waits
 end early when the batcher shuts down.
 """
@@ -17,11 +17,13 @@ from typing import Any, Sequence
 
 import tenacity
 
+from timelapser_workers.backoff import exponential_wait
 from timelapser_workers.deadletter import DeadLetterWriter
 from timelapser_workers.errors import PermanentSinkError
 from timelapser_workers.events import Event
+from timelapser_workers.threads import DaemonThread, WorkQueue
 
-__all__ = ["SinkLane", "LaneBatch", "Marker"]
+__all__ = ["SinkLane", "LaneBatch", "Marker", "close_lanes"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,12 +88,10 @@ class SinkLane:
         self.retry_max_delay = retry_max_delay
         self.max_events = max_events
         self.dead_letter = dead_letter
-        self._cond = threading.Condition()
-        self._items: collections.deque[Any] = collections.deque()
-        self._queued_events = 0
+        self._queue: WorkQueue[Any] = WorkQueue(max_events)
         self._deadline: float | None = None
         self._wake = threading.Event()  # set on shutdown: retry waits end at once
-        self._thread: threading.Thread | None = None
+        self._thread = DaemonThread(f"timelapser-lane-{name}", self._run)
         self._in_flight: LaneBatch | None = None
         self._abandoned: LaneBatch | None = None  # dead-lettered at the shutdown deadline
         # counters, in original events unless named batches; written by the lane thread
@@ -108,8 +108,7 @@ class SinkLane:
         self._retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(max_retries + 1) | _StopAtDeadline(self),
             # retry_delay, 2x, 4x ... capped at retry_max_delay, plus up to retry_delay of jitter
-            wait=tenacity.wait_exponential(multiplier=retry_delay, max=retry_max_delay)
-            + tenacity.wait_random(0, retry_delay),
+            wait=exponential_wait(retry_delay, retry_max_delay, jitter=retry_delay),
             retry=tenacity.retry_if_not_exception_type(PermanentSinkError),
             sleep=self._sleep,
             before_sleep=self._before_retry,
@@ -119,47 +118,35 @@ class SinkLane:
     # --- called by the flush thread (never blocks on the sink) ---------------------------
     def put(self, batch: LaneBatch) -> None:
         """Queue a batch; if the lane is over its bound, dead-letter its oldest batches."""
-        overflow: list[LaneBatch] = []
-        with self._cond:
+        with self._queue.cond:
             self.enqueued += batch.count
-            self._items.append(batch)
-            self._queued_events += batch.count
-            while self._queued_events > self.max_events:
-                # the oldest other batch; a lone batch larger than the bound still goes through
-                oldest = next((i for i in self._items if isinstance(i, LaneBatch) and i is not batch), None)
-                if oldest is None:
-                    break
-                self._items.remove(oldest)
-                self._queued_events -= oldest.count
-                overflow.append(oldest)
-            self._cond.notify()
+        overflow: list[LaneBatch] = []
+        while not self._queue.put(batch, batch.count, deadline=0.0):
+            # the oldest other batch; a lone batch larger than the bound still goes through
+            oldest = self._queue.remove_first(lambda item: isinstance(item, LaneBatch))
+            if oldest is None:
+                break
+            overflow.append(oldest)
         for dropped in overflow:  # handed to the dead-letter thread: no I/O here
             self.dropped["lane_full"] += dropped.count
             self._dead_letter(dropped.events, "lane_full", None)
-            with self._cond:
+            with self._queue.cond:
                 self.failed += dropped.count
 
     def put_marker(self, marker: Marker) -> None:
-        with self._cond:
+        with self._queue.cond:
             marker.target = self.enqueued
-            self._items.append(marker)
-            self._cond.notify()
+            self._queue.put(marker)
 
     def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._run, name=f"timelapser-lane-{self.name}", daemon=True
-        )
         self._thread.start()
 
     # --- the lane thread -----------------------------------------------------------------
     def _run(self) -> None:
         while True:
-            with self._cond:
-                while not self._items:
-                    self._cond.wait()
-                item = self._items.popleft()
+            with self._queue.cond:  # taken and in flight at once: join() sees it either way
+                item = self._queue.get()
                 if isinstance(item, LaneBatch):
-                    self._queued_events -= item.count
                     self._in_flight = item
             if item is _STOP:
                 return
@@ -197,7 +184,7 @@ class SinkLane:
                 self.name, batch.count, delivered,
             )
             return
-        with self._cond:
+        with self._queue.cond:
             self.batches_sent += 1 if delivered else 0
             self.delivered += delivered
             self.failed += failed
@@ -231,32 +218,24 @@ class SinkLane:
         """Ask the lane to finish what it holds by ``deadline``; waits end early from now on."""
         self._deadline = deadline
         self._wake.set()
-        with self._cond:
-            self._items.append(_STOP)
-            self._cond.notify()
+        self._queue.put(_STOP)
 
     def join(self, deadline: float) -> bool:
         """Wait for the lane thread until ``deadline``. If it is still busy (a hung sink),
         dead-letter what it still holds ('shutdown_timeout'), the batch in flight included,
         and return False. The thread ends by itself if the sink ever returns."""
-        thread = self._thread
-        if thread is None:
+        if self._thread.join(deadline):
             return True
-        thread.join(max(0.0, deadline - time.monotonic()))
-        if not thread.is_alive():
-            return True
-        with self._cond:
-            left = [i for i in self._items if isinstance(i, LaneBatch)]
-            for batch in left:
-                self._items.remove(batch)  # _STOP stays: the thread still ends after the send
-            self._queued_events = 0
+        # _STOP stays queued: the thread still ends after the send
+        left = self._queue.remove_all(lambda item: isinstance(item, LaneBatch))
+        with self._queue.cond:
             in_flight = self._in_flight
             self._abandoned = in_flight
         held = ([in_flight] if in_flight is not None else []) + left
         for batch in held:
             self._dead_letter(batch.events, "shutdown_timeout", None)
             self.dropped["shutdown_timeout"] += batch.count
-            with self._cond:
+            with self._queue.cond:
                 self.failed += batch.count
         logger.warning(
             "sink %r did not finish within the shutdown deadline; the %d event(s) it held were "
@@ -293,6 +272,18 @@ class SinkLane:
             "latency_p50_ms": _percentile(lat, 0.50),
             "latency_p99_ms": _percentile(lat, 0.99),
         }
+
+
+def close_lanes(lanes: Sequence[SinkLane], deadline: float) -> None:
+    """Stop every lane, let each finish by ``deadline`` (what a hung one holds is dead-lettered),
+    then close the sinks of those that finished."""
+    for lane in lanes:
+        lane.stop(deadline)
+    for lane in lanes:
+        if lane.join(deadline):
+            lane.close_sink(deadline)
+        else:
+            logger.warning("sink %r still busy at the deadline; not closed", lane.name)
 
 
 def _percentile(sorted_values: list[float], q: float) -> float | None:

@@ -12,7 +12,7 @@ Declare your own types with :func:`declare`; signal names are the event type str
 
 from __future__ import annotations
 
-from blinker import Namespace, Signal
+from blinker import NamedSignal, Namespace, Signal
 
 from timelapser_workers.events import (
     JOB_COMPLETED,
@@ -55,17 +55,21 @@ worker_error = namespace.signal(WORKER_ERROR, doc="A worker's own loop failed (i
 worker_statistics = namespace.signal(WORKER_STATISTICS, doc="A snapshot of a worker's counters.")
 
 
-def declare(event_type: str, doc: str | None = None) -> Signal:
+def declare(event_type: str, doc: str | None = None) -> NamedSignal:
     """Return the signal for a custom event type, creating it on first use."""
     if not isinstance(event_type, str) or not event_type or event_type != event_type.strip():
         raise ValueError(f"event type {event_type!r} must be a non-empty string without outer spaces")
     return namespace.signal(event_type, doc=doc)
 
 
-def get(signal: "Signal | str") -> Signal:
-    """The signal itself, or the declared signal named ``signal``; KeyError names unknown ones."""
-    if isinstance(signal, Signal):
+def get(signal: "Signal | str") -> NamedSignal:
+    """The signal itself, or the declared signal named ``signal``; KeyError names unknown ones.
+    A signal without a name is refused (TypeError): its name is the events' type."""
+    if isinstance(signal, NamedSignal):
         return signal
+    if isinstance(signal, Signal):
+        raise TypeError(f"{signal!r} has no name, and a signal's name is its events' type; "
+                        "make it with signals.declare(TYPE)")
     try:
         return namespace[signal]
     except KeyError:
@@ -74,11 +78,11 @@ def get(signal: "Signal | str") -> Signal:
         ) from None
 
 
-def standard_signals() -> list[Signal]:
+def standard_signals() -> list[NamedSignal]:
     """The eight standard signals, in STANDARD_EVENT_TYPES order."""
     return [namespace[t] for t in STANDARD_EVENT_TYPES]
 
 
-def declared_signals() -> list[Signal]:
+def declared_signals() -> list[NamedSignal]:
     """Every signal in the namespace: the standard ones and all declared so far."""
     return list(namespace.values())

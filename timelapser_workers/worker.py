@@ -24,6 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from typing import Any, Callable, Iterable, Sequence
 
+from timelapser_workers.backoff import Backoff, exponential_wait
 from timelapser_workers.batcher import EventBatcher
 from timelapser_workers.broadcaster import SSEBroadcaster
 
@@ -93,7 +94,7 @@ class ThreadWorker:
         self.name = name or self.name or type(self).__name__.lower()
         self.event_source = event_source or self.event_source or self.name
         self.interval = float(_positive("interval", interval))
-        self.concurrency = _positive("concurrency", concurrency, integer=True)
+        self.concurrency: int = _positive("concurrency", concurrency, integer=True)
         self.stats_interval = float(_positive("stats_interval", stats_interval))
         self.retry_policy = retry_policy or RetryPolicy()
         self.use_batching = use_batching
@@ -213,18 +214,18 @@ class ThreadWorker:
         assert self._pool is not None and self._started_at is not None
         self.broadcaster.broadcast_worker_started(concurrency=self.concurrency, interval=self.interval)
         next_stats = self._started_at + self.stats_interval
-        backoff = self.interval
+        errors = Backoff(exponential_wait(self.interval, self.max_error_backoff))
         try:
             while not self._stopping.is_set():
-                busy = False
+                busy, backoff = False, self.interval
                 try:
                     busy = self._poll()
-                    backoff = self.interval
+                    errors.reset()
                 except Exception as exc:  # the loop itself failed (fetch_jobs raised ...)
+                    backoff = errors.next_delay()  # interval, 2x, 4x ... up to max_error_backoff
                     self.last_error = f"{type(exc).__name__}: {exc}"
                     logger.exception("worker %r loop failed; backing off %.1fs", self.name, backoff)
                     self.broadcaster.broadcast_worker_error(self.last_error, backoff_seconds=backoff)
-                    busy, backoff = False, min(backoff * 2, self.max_error_backoff)
                 now = self.clock()
                 if now >= next_stats:
                     self.broadcaster.broadcast_worker_statistics(self.statistics())

@@ -109,7 +109,10 @@ async def _serve(stream: Stream, receive: Receive, send: Send) -> None:
         if client.closed:
             closed.set()
 
-    client.on_ready = lambda: loop.call_soon_threadsafe(wake)
+    def on_ready() -> None:  # any thread: hand the wake-up to the loop
+        loop.call_soon_threadsafe(wake)
+
+    client.on_ready = on_ready
     if client.closed:
         closed.set()
 

@@ -49,7 +49,8 @@ class SSERequest:
 
 #: The authorization hook: given the request, return the channels the client may see
 #: ("worker:NAME", "source:NAME", "type:NAME", "*"), None for everything, or raise SSERefused.
-Authorize = Callable[[SSERequest], "Iterable[str] | None"]
+#: (True also means everything, False refuses with 403.)
+Authorize = Callable[[SSERequest], "Iterable[str] | bool | None"]
 
 
 @dataclasses.dataclass
@@ -174,7 +175,8 @@ class SSEEndpoint:
             return headers
         return []
 
-    def _refuse(self, request: SSERequest, status: int, message: str, extra=()) -> Refusal:
+    def _refuse(self, request: SSERequest, status: int, message: str,
+                extra: Sequence[tuple[str, str]] = ()) -> Refusal:
         headers = [("Content-Type", "text/plain; charset=utf-8"), ("Cache-Control", "no-store")]
         headers += list(extra) + self._cors(request)
         return Refusal(status, headers, (message + "\n").encode("utf-8"))

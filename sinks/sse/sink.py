@@ -49,7 +49,10 @@ class SSESink(BaseSink):
                 raise TypeError(f"give SSESink a hub or hub options, not both (got {changed})")
         self.name = name
         self.wants_aggregated = wants_aggregated
-        self.hub = hub if hub is not None else SSEHub(**options)
+        self.hub = hub if hub is not None else SSEHub(
+            replay_events=replay_events, client_queue_events=client_queue_events,
+            max_clients=max_clients, named_events=named_events,
+        )
 
     def send(self, batch: Sequence[Event]) -> None:
         self.hub.publish(batch)

@@ -148,7 +148,7 @@ class ServerThread:
     def url(self) -> str:
         """``http://host:port``."""
         host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def start(self) -> "ServerThread":
         self.thread.start()

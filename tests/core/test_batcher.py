@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from timelapser_workers.threads import DaemonThread
+
 from timelapser_workers.sinks import MemorySink
 from timelapser_workers import (
     AggregationPolicy,
@@ -55,8 +57,8 @@ def test_priority_event_flushes_at_once_with_what_was_pending_before_it(make_bat
     assert [e.id for e in sink.events if e.worker == "a"] == [first.id, urgent.id]
 
 
-def _cpu_ticks(thread: threading.Thread) -> int:
-    with open(f"/proc/self/task/{thread.native_id}/stat") as f:
+def _cpu_ticks(thread: DaemonThread) -> int:
+    with open(f"/proc/self/task/{thread.ident}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])  # utime + stime
 
@@ -413,6 +415,5 @@ def test_a_hung_sink_at_close_is_dead_lettered_once_and_its_thread_ends(make_bat
     assert sorted(r["event"]["data"]["n"] for r in dead_letter.read()) == [0, 1]
     lane = batcher._lanes[0]
     hung.gate.set()  # the sink returns after all: not counted twice, and the thread ends
-    lane._thread.join(5)
-    assert not lane._thread.is_alive()
+    assert lane._thread.join(time.monotonic() + 5)
     assert (lane.delivered, lane.failed) == (0, 2)

@@ -1,7 +1,11 @@
+import warnings
+from pathlib import Path
+
 import pytest
 
 from timelapser_workers import EventBatcher
 from timelapser_workers.config import BatcherConfig
+from timelapser_workers.events import Priority
 
 
 @pytest.mark.parametrize(
@@ -32,16 +36,16 @@ def test_defaults_match_the_seed():
 
 
 def test_environment_overrides_default_and_argument_overrides_environment(monkeypatch):
-    monkeypatch.setenv("TIMELAPSER_SSE_BATCH_SIZE", "25")
-    monkeypatch.setenv("TIMELAPSER_SSE_BATCH_TIMEOUT_SECONDS", "2")
+    monkeypatch.setenv("TIMELAPSER_BATCH_SIZE", "25")
+    monkeypatch.setenv("TIMELAPSER_BATCH_TIMEOUT_SECONDS", "2")
     cfg = BatcherConfig.resolve()
     assert cfg.batch_size == 25 and cfg.batch_timeout == 2.0
     assert BatcherConfig.resolve(batch_size=3).batch_size == 3
 
 
 def test_non_number_in_environment_names_the_variable(monkeypatch):
-    monkeypatch.setenv("TIMELAPSER_SSE_BATCH_MAX_RETRIES", "three")
-    with pytest.raises(ValueError, match="TIMELAPSER_SSE_BATCH_MAX_RETRIES='three'"):
+    monkeypatch.setenv("TIMELAPSER_BATCH_MAX_RETRIES", "three")
+    with pytest.raises(ValueError, match="TIMELAPSER_BATCH_MAX_RETRIES='three'"):
         BatcherConfig.resolve()
 
 
@@ -76,3 +80,46 @@ def test_flush_and_close_refuse_a_bad_timeout(bad, tmp_path):
     with pytest.raises(ValueError, match="timeout="):
         batcher.close(bad)
     batcher.close()
+
+
+def _sample(name, default):
+    """A valid value for a setting, other than its default, as environment text and as stored."""
+    samples = {"overflow": ("block", "block"), "flush_priority": ("critical", Priority.CRITICAL),
+               "dead_letter_path": ("/tmp/x.jsonl", "/tmp/x.jsonl"), "use_batching": ("false", False)}
+    if name in samples:
+        return samples[name]
+    if isinstance(default, float):
+        return str(default + 1.5), default + 1.5
+    return str(default + 3), default + 3
+
+
+@pytest.mark.parametrize("name,default,env", [(n, d, e) for n, d, e, _ in BatcherConfig.describe()])
+def test_every_environment_variable_takes_effect(monkeypatch, name, default, env):
+    text, stored = _sample(name, default)
+    monkeypatch.setenv(env, text)
+    assert getattr(BatcherConfig.resolve(), name) == stored
+    assert getattr(BatcherConfig.resolve(**{name: default}), name) == default  # the argument wins
+
+
+@pytest.mark.parametrize("old,new,name", [
+    ("TIMELAPSER_SSE_BATCH_SIZE", "TIMELAPSER_BATCH_SIZE", "batch_size"),
+    ("TIMELAPSER_SSE_BATCH_MAX_RETRIES", "TIMELAPSER_BATCH_MAX_RETRIES", "max_retries"),
+])
+def test_the_old_sse_names_still_work_with_a_deprecation_warning(monkeypatch, old, new, name):
+    monkeypatch.setenv(old, "7")
+    with pytest.warns(DeprecationWarning, match=f"{old} is deprecated; use {new}"):
+        assert getattr(BatcherConfig.resolve(), name) == 7
+    monkeypatch.setenv(new, "8")  # the new name wins, without a warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert getattr(BatcherConfig.resolve(), name) == 8
+
+
+def test_the_readme_table_lists_every_setting_with_its_default_and_variable():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = {line.split("|")[1].strip(" `"): line for line in readme.splitlines()
+            if line.startswith("| `") and line.count("|") >= 5}
+    for name, default, env, _ in BatcherConfig.describe():
+        assert name in rows, f"README's settings table has no row for {name}"
+        shown = default.name if isinstance(default, Priority) else str(default)
+        assert f"`{env}`" in rows[name] and shown in rows[name], rows[name]

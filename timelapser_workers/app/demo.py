@@ -205,7 +205,7 @@ def run_once(
                      cameras=cameras, period=period)
     try:
         host, port = pipe.server.server.server_address[:2]
-        client = _SSEClient(host, port)
+        client = _SSEClient(str(host), int(port))
         try:
             pipe.start()
             start = time.monotonic()

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from timelapser_workers.batcher import EventBatcher
-from timelapser_workers.constants import setting
+from timelapser_workers.config import BatcherConfig, Default
 from timelapser_workers.contract import BaseSink, Event
 from timelapser_workers.errors import BatcherClosedError, PermanentSinkError, TransientSinkError
 from timelapser_workers.events import make_event
@@ -35,6 +35,12 @@ from timelapser_workers.sql.schema import check_identifier
 __all__ = ["BatchingDatabaseHandler", "LogRecordSink", "logs_table", "LOG_RECORD"]
 
 LOG_RECORD = "LOG_RECORD"
+# The handler's batcher: larger, slower batches than the event batcher's, with their own variables.
+LOG_DEFAULTS = {
+    "batch_size": Default(100, "TIMELAPSER_LOG_BATCH_SIZE"),
+    "batch_timeout": Default(5.0, "TIMELAPSER_LOG_BATCH_TIMEOUT_SECONDS"),
+    "max_retries": Default(3, "TIMELAPSER_LOG_BATCH_MAX_RETRIES"),
+}
 _DEFAULT_EXCLUDED = ("timelapser_workers", "sqlalchemy")
 
 
@@ -147,17 +153,12 @@ class BatchingDatabaseHandler(logging.Handler):
         else:
             self.engine, self._owns_engine = create_sink_engine(target, application_name="timelapser-logs"), True
         self.sink = LogRecordSink(self.engine, table)
-        self.batcher = EventBatcher(
-            [self.sink],
-            batch_size=setting("LOG_BATCH_SIZE") if batch_size is None else batch_size,
-            batch_timeout=setting("LOG_BATCH_TIMEOUT_SECONDS") if batch_timeout is None else batch_timeout,
-            max_retries=setting("LOG_BATCH_MAX_RETRIES") if max_retries is None else max_retries,
-            retry_delay=retry_delay,
-            max_queue_size=max_queue_size,
+        config = BatcherConfig.resolve(
+            defaults=LOG_DEFAULTS, batch_size=batch_size, batch_timeout=batch_timeout,
+            max_retries=max_retries, retry_delay=retry_delay, max_queue_size=max_queue_size,
             overflow="drop_newest",
-            dead_letter=dead_letter,
-            name=f"logs:{table}",
         )
+        self.batcher = EventBatcher([self.sink], config=config, dead_letter=dead_letter, name=f"logs:{table}")
         self.exclude_loggers = tuple(exclude_loggers)
         self.submitted = 0
         self.skipped = 0

@@ -1,0 +1,243 @@
+"""The flush loop: the batcher's one thread, from the ingress to the sinks' lanes.
+
+It sleeps until the next deadline, takes everything queued, groups events per worker and
+flushes a worker when one of its (type, source) groups reaches ``batch_size``, when its oldest
+event is ``batch_timeout`` old, or at once for an event at or above ``flush_priority`` (with
+everything pending before it). Each flush is aggregated (see aggregation.py) and handed to
+every sink's lane. Control items on the ingress: a :class:`FlushRequest` (flush everything now
+and mark each lane) and :data:`STOP`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable, NamedTuple, Sequence
+
+from timelapser_workers.aggregation import AggregationPolicy
+from timelapser_workers.config import BatcherConfig
+from timelapser_workers.drops import DropCounters
+from timelapser_workers.events import Event
+from timelapser_workers.ingress import Ingress, Unbatched
+from timelapser_workers.lane import LaneBatch, Marker, SinkLane
+from timelapser_workers.threads import remaining
+
+__all__ = ["Flusher", "FlushRequest", "FlushResult", "STOP"]
+
+logger = logging.getLogger("timelapser_workers.batcher")
+
+
+class FlushResult(NamedTuple):
+    """What a flush or close achieved, counted in original events summed over sinks:
+    delivered and failed (dead-lettered) while it waited, and still pending at its deadline."""
+
+    delivered: int
+    failed: int
+    pending: int
+
+    @property
+    def complete(self) -> bool:
+        """True when nothing was left pending at the deadline."""
+        return self.pending == 0
+
+
+class FlushRequest:
+    """Flush everything now. The flush thread sets ``ready`` once every lane has a marker
+    after what it flushed; :meth:`wait` then counts what the lanes did up to their markers."""
+
+    __slots__ = ("ready", "markers", "_before", "_lanes")
+
+    def __init__(self, lanes: Sequence[SinkLane]) -> None:
+        self.ready = threading.Event()
+        self.markers: list[tuple[SinkLane, Marker]] = []
+        self._lanes = list(lanes)
+        self._before = {id(lane): (lane.delivered, lane.failed) for lane in self._lanes}
+
+    def wait(self, deadline: float, queued: Callable[[], int]) -> FlushResult:
+        """Wait for every marker until ``deadline``; ``queued()``: events still on the ingress."""
+        self.ready.wait(remaining(deadline))
+        pending = 0 if self.ready.is_set() else queued()
+        delivered = failed = 0
+        marked: list[tuple[SinkLane, Marker | None]] = list(self.markers) or [(lane, None) for lane in self._lanes]
+        for lane, marker in marked:
+            d0, f0 = self._before.get(id(lane), (0, 0))
+            if marker is not None and marker.done.wait(remaining(deadline)):
+                delivered += marker.delivered - d0
+                failed += marker.failed - f0
+            else:
+                delivered += lane.delivered - d0
+                failed += lane.failed - f0
+                target = marker.target if marker is not None else lane.enqueued
+                pending += max(0, target - lane.delivered - lane.failed)
+        return FlushResult(delivered, failed, pending)
+
+
+STOP = object()
+
+
+class _WorkerBuffer:
+    """One worker's pending events, in arrival order, with per-(type, source) counts."""
+
+    __slots__ = ("events", "counts", "oldest")
+
+    def __init__(self, oldest: float) -> None:
+        self.events: list[Event] = []
+        self.counts: dict[tuple[str, str | None], int] = {}
+        self.oldest = oldest  # monotonic creation time of the oldest pending event
+
+
+class Flusher:
+    """Runs the flush loop of one batcher (:meth:`run` is the thread's target) and counts
+    what it did: ``taken`` (events off the ingress), ``flushes``, ``batches_created``,
+    ``events_batched``, ``high_water`` (the most events taken in one go)."""
+
+    def __init__(
+        self,
+        name: str,
+        config: BatcherConfig,
+        policy: AggregationPolicy,
+        ingress: Ingress,
+        lanes: Callable[[], Sequence[SinkLane]],
+        drops: DropCounters,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.policy = policy
+        self.ingress = ingress
+        self.lanes = lanes
+        self.drops = drops
+        self.taken = 0
+        self.flushes = 0
+        self.batches_created = 0
+        self.events_batched = 0
+        self.high_water = 0
+
+    def run(self) -> None:
+        try:
+            self._loop()
+        except BaseException:  # a bug here must never be silent: every later event would stall
+            logger.critical("the flush thread of batcher %r died; events are no longer "
+                            "delivered (close() dead-letters what is queued)", self.name, exc_info=True)
+            raise
+
+    def _loop(self) -> None:
+        cfg = self.config
+        buffers: dict[str | None, _WorkerBuffer] = {}
+        ingress = self.ingress
+        sleep, drain = ingress.sleep, ingress.drain
+        stopping = False
+        while not stopping:
+            # what each pending group still needs to be full: the producer whose event
+            # completes one wakes us (a group not pending yet needs batch_size)
+            ingress.expect({(worker, etype, source): cfg.batch_size - count
+                            for worker, buf in buffers.items()
+                            for (etype, source), count in buf.counts.items()})
+            if buffers:
+                wait = min(b.oldest for b in buffers.values()) + cfg.batch_timeout - time.monotonic()
+                sleep(max(wait, 0.0))
+            else:
+                sleep(None)  # idle: sleep until something arrives (close() sends STOP)
+            items = drain()
+            taken_before = self.taken
+            units: list[list[Event]] = []
+            for item in items:
+                if type(item) is Event:
+                    self.taken += 1
+                    if not cfg.use_batching:
+                        units.append([item])
+                        continue
+                    buf = buffers.get(item.worker)
+                    if buf is None:
+                        buf = buffers[item.worker] = _WorkerBuffer(item.created_mono)
+                    buf.events.append(item)
+                    key = (item.type, item.source)
+                    count = buf.counts[key] = buf.counts.get(key, 0) + 1
+                    if item.priority >= cfg.flush_priority:
+                        units.extend(b.events for b in buffers.values())
+                        buffers.clear()
+                    elif count >= cfg.batch_size:
+                        units.append(buf.events)
+                        del buffers[item.worker]
+                elif type(item) is Unbatched:
+                    self.taken += 1
+                    event = item.event
+                    pending = buffers.pop(event.worker, None)
+                    if pending is not None:  # what its worker had pending goes first
+                        units.append(pending.events)
+                    self.dispatch(units)
+                    units = []
+                    self.dispatch_alone(event)
+                elif isinstance(item, FlushRequest):
+                    units.extend(b.events for b in buffers.values())
+                    buffers.clear()
+                    self.dispatch(units)
+                    units = []
+                    item.markers = [(lane, Marker(0)) for lane in self.lanes()]
+                    for lane, marker in item.markers:
+                        lane.put_marker(marker)
+                    item.ready.set()
+                elif item is STOP:
+                    stopping = True
+            self.high_water = max(self.high_water, self.taken - taken_before)  # depth when drained
+            now = time.monotonic()
+            for worker, buf in list(buffers.items()):
+                if stopping or buf.oldest + cfg.batch_timeout <= now:
+                    units.append(buf.events)
+                    del buffers[worker]
+            self.dispatch(units)
+
+    def dispatch(self, units: list[list[Event]]) -> None:
+        """Aggregate each flushed unit and hand the result to every lane."""
+        if not units:
+            return
+        raw = [e for unit in units for e in unit]
+        lanes = self.lanes()
+        if not lanes:
+            self._discard(len(raw))
+            return
+        if not self.config.use_batching:
+            for event in raw:
+                self.dispatch_alone(event)
+            return
+        if not any(lane.wants_aggregated for lane in lanes):  # nobody reads the merge: skip it
+            self.flushes += 1
+            batch = LaneBatch(raw)
+            for lane in lanes:
+                lane.put(batch)
+            return
+        aggregated: list[Event] = []
+        for unit in units:
+            try:
+                result = self.policy.aggregate(unit)
+            except Exception:  # a broken policy must not stop delivery: send these unmerged
+                logger.exception("aggregation policy %r failed; delivering %d event(s) unmerged",
+                                 self.policy, len(unit))
+                aggregated.extend(unit)
+                continue
+            aggregated.extend(result.events)
+            self.batches_created += result.batches_created
+            self.events_batched += result.events_batched
+        self.flushes += 1
+        merged, unmerged = LaneBatch(aggregated), None
+        for lane in lanes:
+            if lane.wants_aggregated:
+                lane.put(merged)
+            else:
+                unmerged = unmerged or LaneBatch(raw)
+                lane.put(unmerged)
+
+    def dispatch_alone(self, event: Event) -> None:
+        """Hand one event, on its own, to every lane."""
+        lanes = self.lanes()
+        if not lanes:
+            self._discard(1)
+            return
+        self.flushes += 1
+        batch = LaneBatch((event,))
+        for lane in lanes:
+            lane.put(batch)
+
+    def _discard(self, count: int) -> None:
+        self.drops.drop("no_sinks", count, "batcher %r has no sinks: %d event(s) discarded "
+                        "(add_sink() one)", self.name, count)
