@@ -46,6 +46,22 @@ __all__ = ["DatabaseSink", "event_row", "URL_OPTIONS"]
 logger = logging.getLogger(__name__)
 
 
+def create_all_concurrently(metadata: sa.MetaData, engine: Engine, attempts: int = 3) -> None:
+    """``metadata.create_all`` that survives other processes creating the same tables at the
+    same moment: a "table (or index) already exists" from the race means another writer won
+    it, so look again (checkfirst) instead of failing."""
+    for attempt in range(1, attempts + 1):
+        try:
+            metadata.create_all(engine, checkfirst=True)
+            return
+        except (sa.exc.IntegrityError, sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
+            # PostgreSQL: 42P07 duplicate_table, or 23505 on its catalog; SQLite: "already exists"
+            raced = isinstance(exc, sa.exc.IntegrityError) or "already exists" in str(exc.orig)
+            if not raced or attempt == attempts:
+                raise
+            logger.debug("tables were created concurrently (%s); checking again", exc.orig)
+
+
 def event_row(event: Event) -> dict[str, Any]:
     """The events-table row for ``event`` (the columns of :data:`timelapser_workers.sql.schema.EVENT_COLUMNS`)."""
     return {
@@ -169,11 +185,7 @@ class DatabaseSink(BaseSink):
             if self._ready:
                 return
             if self._create_table:
-                try:
-                    self.metadata.create_all(self.engine, checkfirst=True)
-                except sa.exc.IntegrityError:
-                    # Two processes raced to create it (PostgreSQL's catalog is unique): it exists.
-                    logger.debug("table %s was created concurrently", self.table.name)
+                create_all_concurrently(self.metadata, self.engine)
             self._ready = True
 
     # --- the contract --------------------------------------------------------------------
