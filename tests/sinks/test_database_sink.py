@@ -212,7 +212,7 @@ def test_sqlite_rows_are_what_sqlalchemys_insert_would_store(tmp_path) -> None:
     """The SQLite write skips SQLAlchemy's per-row processing; the stored text must not differ."""
     import sqlite3
 
-    from timelapser_workers.sinks.database import event_row
+    from timelapser_workers.sql.codec import event_row
 
     path = tmp_path / "events.db"
     fast = DatabaseSink(f"sqlite:///{path}", table="fast")
