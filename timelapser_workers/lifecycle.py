@@ -230,7 +230,8 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def _longest_timeout() -> float:
-    return max([b.shutdown_timeout for b in live_batchers()] or [5.0])
+    timeouts: list[float] = [b.shutdown_timeout for b in live_batchers()]
+    return max(timeouts or [5.0])
 
 
 os.register_at_fork(after_in_child=_run_fork_hooks)
