@@ -30,6 +30,9 @@ setup(
             # `run.py typecheck` (in .ci/run): mypy --strict on the package
             "mypy>=1.10",
             "types-psycopg2>=2.9",
+            # tests/faults/test_celery.py: a real prefork worker on the Redis broker
+            "celery>=5.3",
+            "redis>=5",
             "psycopg2-binary>=2.9",
             # wheel: the plugin test builds a small distribution and installs it
             "wheel>=0.40",
