@@ -159,6 +159,10 @@ def is_transient(exc: BaseException) -> bool:
         return False
     if isinstance(exc, (ex.ConnectionError, ex.TimeoutError, OSError)):
         return True
+    # redis-py turns some error codes into classes (and drops the code from the message)
+    if isinstance(exc, (ex.OutOfMemoryError, ex.ReadOnlyError, ex.NoScriptError, ex.TryAgainError,
+                        ex.ClusterDownError, ex.MasterDownError)):
+        return True
     if isinstance(exc, ex.ResponseError):
         return _error_code(exc) in _TRANSIENT_CODES
     if isinstance(exc, ex.DataError):

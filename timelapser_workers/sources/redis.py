@@ -278,6 +278,12 @@ class RedisEventSource:
         if want is None:
             return Backlog(lost=f"Last-Event-ID {last_event_id[:60]!r} is not an id of stream {self.stream!r}")
         self.counters["resume_reads"] += 1
+        with self._cond:
+            behind = self._published is None or self._published < want
+        if behind:  # served elsewhere already, or never: the stream's newest entry tells which
+            newest = self._client.xrevrange(self.stream, count=1)
+            if not newest or (stream_id(newest[0][0]) or (0, 0)) < want:
+                return Backlog(lost=f"{last_event_id} is newer than any entry of stream {self.stream!r}")
         deadline = time.monotonic() + self.catch_up_seconds
         with self._cond:
             while (self._published is None or self._published < want) and not self._stop.is_set():
