@@ -24,8 +24,9 @@ import dataclasses
 import itertools
 import logging
 import threading
-from typing import Any, Callable, Iterable, Mapping, NamedTuple, Protocol, Sequence
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
+from timelapser_workers.sinks.sse.backing_log import Backlog, BackingLog
 from timelapser_workers.sinks.sse.framing import event_frame
 from timelapser_workers.events import Event
 
@@ -41,36 +42,11 @@ class HubFullError(Exception):
     """The hub already has ``max_clients`` clients."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Backlog:
-    """A backing log's answer to "what came after this id?".
-
-    ``entries``: (SSE id, record) pairs after the id, oldest first, ending with an entry the hub
-    has published (or none, when the hub has published the id itself and nothing after it).
-    ``lost``: why the log cannot tell (the id is unknown, or retention dropped what followed
-    it); the client then gets ``stream-reset`` with this reason.
-    """
-
-    entries: Sequence[tuple[str, Mapping[str, Any]]] = ()
-    lost: str | None = None
-
-
 class _Backfill(NamedTuple):
     """A backing log's answer, framed outside the hub's lock: (SSE id, record, frame) each."""
 
     framed: list[tuple[str, Mapping[str, Any], bytes]]
     lost: str | None
-
-
-class BackingLog(Protocol):
-    """Where a hub looks up a resume id its replay buffer does not hold (see :class:`Backlog`).
-
-    Called outside the hub's lock, from the thread that subscribes the client (it may block on
-    I/O, with a deadline of its own); an exception counts as ``lost``.
-    """
-
-    def read_after(self, last_event_id: str) -> Backlog:
-        """What followed ``last_event_id``, up to what the hub has published."""
 
 
 @dataclasses.dataclass(frozen=True)

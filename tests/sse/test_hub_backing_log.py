@@ -3,8 +3,8 @@ spliced into the live stream without a gap or a double; what the log lost gets s
 Also the hub's other additions for shared logs: SSE ids of the log's own (publish_records(ids=))
 and reset_stream() for events lost upstream.
 
-The log here is a list in memory (the subject is the hub's side of the contract); the Redis
-stream behind it in production is tested in tests/redis.
+The log here is a list in memory (the subject is the hub's side of sinks/sse/backing_log.py);
+the Redis stream behind it in production is tested in tests/redis.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Callable
 import pytest
 
 from timelapser_workers.sinks.sse import STREAM_RESET, SSEHub, Subscription
-from timelapser_workers.sinks.sse.hub import Backlog
+from timelapser_workers.sinks.sse.backing_log import Backlog
 
 
 def record(n: int, worker: str = "w1") -> dict[str, Any]:

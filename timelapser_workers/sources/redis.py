@@ -26,7 +26,8 @@ import time
 from typing import Any
 
 from timelapser_workers.sinks.redis import connect, split_redis_url
-from timelapser_workers.sinks.sse.hub import Backlog, SSEHub
+from timelapser_workers.sinks.sse.backing_log import Backlog
+from timelapser_workers.sinks.sse.hub import SSEHub
 
 __all__ = ["RedisEventSource", "stream_id"]
 
@@ -282,7 +283,7 @@ class RedisEventSource:
             behind = self._published is None or self._published < want
         if behind:  # served elsewhere already, or never: the stream's newest entry tells which
             newest = self._client.xrevrange(self.stream, count=1)
-            if not newest or (stream_id(newest[0][0]) or (0, 0)) < want:
+            if not newest or (stream_id(str(newest[0][0])) or (0, 0)) < want:
                 return Backlog(lost=f"{last_event_id} is newer than any entry of stream {self.stream!r}")
         deadline = time.monotonic() + self.catch_up_seconds
         with self._cond:
