@@ -51,6 +51,7 @@ setup(
             "psycopg2-binary>=2.9",
             "psutil>=5.9",
             "pyinstrument>=4.6",
+            "redis>=5.0",
         ],
     },
     entry_points={

@@ -50,7 +50,7 @@ class RedisEventSource:
     ``url``: ``redis://host:port/db?stream=NAME`` (or give ``stream=``). The source attaches itself
     as the hub's backing log. ``read_count``: entries per read. ``block_seconds``: how long one
     blocking ``XREAD`` waits before the loop looks again. ``backfill_events``: entries loaded into
-    the replay buffer at start. ``resume_events``: the most a resume reads back from the stream
+    the replay buffer at start (at least 1). ``resume_events``: the most a resume reads back from the stream
     (further behind gets ``stream-reset``). ``catch_up_seconds``: how long a resume waits for
     this source to reach an id another process already served. ``reconnect_max_seconds``: the
     backoff cap while Redis is unreachable. ``socket_timeout`` and ``connect_timeout`` (s)
@@ -81,8 +81,9 @@ class RedisEventSource:
         for what, value in (("read_count", read_count), ("resume_events", resume_events)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"RedisEventSource {what}={value!r} must be a positive int")
-        if not isinstance(backfill_events, int) or backfill_events < 0:
-            raise ValueError(f"RedisEventSource backfill_events={backfill_events!r} must be an int >= 0")
+        if not isinstance(backfill_events, int) or isinstance(backfill_events, bool) or backfill_events < 1:
+            raise ValueError(f"RedisEventSource backfill_events={backfill_events!r} must be an int >= 1 "
+                             "(the newest entry, at least, anchors resumes right after start)")
         if hub.backing_log is not None and hub.backing_log is not self:
             raise ValueError(f"hub {hub!r} already has a backing log ({hub.backing_log!r}); one source per hub")
         self.hub = hub
@@ -184,7 +185,7 @@ class RedisEventSource:
     def _place_at_end(self) -> None:
         pipe = self._reader.pipeline(transaction=True)
         pipe.xinfo_stream(self.stream)
-        pipe.xrevrange(self.stream, count=max(1, self.backfill_events))
+        pipe.xrevrange(self.stream, count=self.backfill_events)
         info, tail = pipe.execute(raise_on_error=False)
         if isinstance(tail, Exception):
             raise tail
@@ -193,8 +194,7 @@ class RedisEventSource:
                 raise info
             self.position, self._added = "0-0", 0  # no stream yet: read it from its first entry
             return
-        if self.backfill_events:
-            self._publish(list(reversed(tail)))
+        self._publish(list(reversed(tail)))
         self.position, self._added = str(info["last-generated-id"]), int(info["entries-added"])
 
     def poll_once(self) -> int:
@@ -278,8 +278,8 @@ class RedisEventSource:
         want = stream_id(last_event_id)
         if want is None:
             return Backlog(lost=f"Last-Event-ID {last_event_id[:60]!r} is not an id of stream {self.stream!r}")
-        self.counters["resume_reads"] += 1
         with self._cond:
+            self.counters["resume_reads"] += 1  # from request threads: under the lock
             behind = self._published is None or self._published < want
         if behind:  # served elsewhere already, or never: the stream's newest entry tells which
             newest = self._client.xrevrange(self.stream, count=1)
