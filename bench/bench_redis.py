@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """The Redis bus against its peers on this machine; prints tables with ratios and PASS/FAIL.
 
-    python bench/bench_redis.py [--events 50000] [--batch 500] [--rounds 5]
-                                [--rates 200,1000] [--seconds 5] [--clients 40] [--skip-e2e]
+    python bench/bench_redis.py [--events 50000] [--batch 500] [--rounds 5] [--rates 200,1000]
+                                [--seconds 5] [--clients 40] [--skip-e2e] [--redis URL] [--postgres URL]
 
 1. Events/s into a Redis stream (the server at --redis, default redis://127.0.0.1:6379/0; a fresh
    stream key per run): RedisStreamSink.send alone, and behind a real EventBatcher (submit of
    ready events -> lane -> sink), against a raw redis-py loop that pipelines one XADD per event
-   (the same two fields, the same JSON, MAXLEN ~), with and without MULTI. Contenders alternate
-   over --rounds; medians. Target: the sink >= 0.8x the raw pipelined XADD loop.
+   (the same two fields, the same JSON, MAXLEN ~), with and without MULTI; and, for the choice
+   of bus, DatabaseSink writing the same batches into PostgreSQL (--postgres URL, COPY).
+   Contenders alternate over --rounds; medians. Target: the sink >= 0.8x the raw XADD loop.
 2. End to end across processes: 1 producer process (EventBatcher, batch_timeout 10 ms) -> the
    bus -> 2 web processes (a source + hub + the package's WSGI server) -> --clients SSE clients
    in a third process. Latency from the event's created_at (producer) to the client having
@@ -105,12 +106,51 @@ def throughput(url: str, n: int, batch: int, rounds: int, verdicts: Verdicts) ->
             return {"eps": n / elapsed}
         return measure
 
+    def database_sink(stream: str) -> Callable[[], None]:  # the other bus: rows into PostgreSQL
+        from timelapser_workers.sinks.database import DatabaseSink
+
+        sink = DatabaseSink(pg_engine, table=pg_tables[-1], create_table=False)
+
+        def run() -> None:
+            for b in batches:
+                sink.send(b)
+        return run
+
+    def timed_pg(setup: Callable[[str], Callable[[], None]]) -> Callable[[], dict[str, float]]:
+        def measure() -> dict[str, float]:
+            pg_tables.append(fresh_events_table(pg_engine))
+            run = setup("")
+            t0 = time.perf_counter()
+            run()
+            elapsed = time.perf_counter() - t0
+            with pg_engine.connect() as conn:
+                written = conn.exec_driver_sql(f"SELECT count(*) FROM {pg_tables[-1]}").scalar()
+            drop_table(pg_engine, pg_tables[-1])
+            assert written == n, f"{written} of {n} rows written"
+            return {"eps": n / elapsed}
+        return measure
+
+    pg_tables: list[str] = []
+    pg_engine: Any = None
+    try:
+        from common import drop_table, fresh_events_table
+        from timelapser_workers.sql.engine import create_sink_engine
+
+        pg_engine = create_sink_engine(PG_URL, application_name="timelapser-bench")
+        with pg_engine.connect():
+            pass
+    except Exception as exc:
+        print(f"(PostgreSQL at {PG_URL} unreachable: {exc}; its row is left out)\n")
+        pg_engine = None
+
     contenders = {
         "RedisStreamSink.send (one script call per batch)": timed(sink_alone),
         "EventBatcher.submit -> lane -> RedisStreamSink": timed(through_batcher),
         "raw redis-py: pipelined XADD per event": timed(raw(False)),
         "raw redis-py: pipelined XADD per event in MULTI": timed(raw(True)),
     }
+    if pg_engine is not None:
+        contenders["DatabaseSink.send to PostgreSQL (COPY): the other bus"] = timed_pg(database_sink)
     results = alternate(contenders, rounds)
     base = median(results["raw redis-py: pipelined XADD per event"], "eps")
     rows = []
@@ -297,7 +337,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--clients", type=int, default=40, help="SSE clients, split over the 2 web processes")
     parser.add_argument("--skip-e2e", action="store_true")
+    parser.add_argument("--redis", default=REDIS_URL, help="the Redis server (unique stream keys, deleted after)")
+    parser.add_argument("--postgres", default=PG_URL, help="the PostgreSQL peer (fresh tables, dropped after)")
     args = parser.parse_args()
+    os.environ["TIMELAPSER_TEST_REDIS_URL"], os.environ["TIMELAPSER_TEST_POSTGRES_URL"] = args.redis, args.postgres
+    globals().update(REDIS_URL=args.redis, PG_URL=args.postgres)  # children read them from the environment
     print(f"machine: {machine()}; load average {os.getloadavg()[0]:.2f} at start\n", flush=True)
     verdicts = Verdicts()
     throughput(REDIS_URL, args.events, args.batch, args.rounds, verdicts)
