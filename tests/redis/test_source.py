@@ -171,15 +171,20 @@ def test_what_retention_dropped_before_the_source_read_it_is_counted_and_reporte
 
 def test_resumes_the_stream_cannot_serve_get_stream_reset_naming_why(redis_url: str, stream: str, rdb: Any, sink: RedisStreamSink, sources) -> None:
     source = sources(f"{redis_url}?stream={stream}", SSEHub(replay_events=5), resume_events=20)
-    sink.send(batch(50))
+    sink.send(batch(25))
+    first_ms = int(rdb.xrevrange(stream, count=1)[0][0].split("-")[0])
+    redis_ms = lambda: (lambda t: int(t[0]) * 1000 + int(t[1]) // 1000)(rdb.time())  # noqa: E731
+    wait(lambda: redis_ms() > first_ms, "Redis's clock to move on")
+    sink.send(batch(25, start=25))  # in a later millisecond: ids between the two batches exist
     wait(lambda: source.stats()["entries_published"] == 50, "the source")
     ids = [sid for sid, _ in rdb.xrange(stream)]
-    ms = ids[0].split("-")[0]
+    last_ms = ids[-1].split("-")[0]
     cases = {
         ids[40]: None,  # fine: read back
         ids[10]: "more than resume_events=20",
         "abc": "is not an id of stream",
-        f"{ms}-999999": "is newer than any entry of stream",
+        f"{first_ms}-999999": "is not an entry of stream",
+        f"{last_ms}-999999": "is newer than any entry of stream",
     }
     for last_id, reason in cases.items():
         reader = Reader(source.hub, last_event_id=last_id)
