@@ -15,7 +15,9 @@ that was lost on the way back (the batch *was* written) writes nothing twice.
 Errors are classified for the batcher's lane: a lost connection, a timeout, a server that is
 loading, read-only, busy or out of memory is transient (retried, then dead-lettered); a wrong
 password, a missing permission or a key that is not a stream is permanent (dead-lettered at
-once). Needs Redis 7 or newer and the ``redis`` extra (``pip install timelapser-workers[redis]``).
+once). Needs Redis 7 or newer (one server, or a primary with replicas; not Redis Cluster: the
+marker and the stream are two keys of one script) and the ``redis`` extra
+(``pip install timelapser-workers[redis]``).
 """
 
 from __future__ import annotations

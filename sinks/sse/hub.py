@@ -290,7 +290,7 @@ class SSEHub:
         if last_event_id is not None and self.backing_log is not None:
             with self._lock:
                 held = last_event_id in self._index
-            if not held:
+            if not held:  # (an id evicted between this look and the lock below gets stream-reset)
                 backlog = self._read_backing_log(last_event_id)
         with self._lock:
             if self._closed:
