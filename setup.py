@@ -24,6 +24,8 @@ setup(
     ],
     extras_require={
         "postgres": ["psycopg2-binary>=2.9"],
+        # the Redis Streams sink and source (timelapser_workers.sinks.redis, .sources.redis)
+        "redis": ["redis>=5.0"],
         "test": [
             "pytest>=7",
             "pytest-timeout>=2.1",
@@ -34,6 +36,8 @@ setup(
             "celery>=5.3",
             "redis>=5",
             "psycopg2-binary>=2.9",
+            # the Redis Streams sink and source, against the server at 127.0.0.1:6379
+            "redis>=5.0",
             # wheel: the plugin test builds a small distribution and installs it
             "wheel>=0.40",
             # SSE tests only: a real ASGI server, and a websocket client to drive headless Chromium.
@@ -50,6 +54,7 @@ setup(
             "psycopg2-binary>=2.9",
             "psutil>=5.9",
             "pyinstrument>=4.6",
+            "redis>=5.0",
         ],
     },
     entry_points={
@@ -60,6 +65,8 @@ setup(
             "postgresql = timelapser_workers.sinks.database:DatabaseSink",
             "log = timelapser_workers.sinks.log:LogSink",
             "sse = timelapser_workers.sinks.sse:SSESink",
+            "redis = timelapser_workers.sinks.redis:RedisStreamSink",
+            "rediss = timelapser_workers.sinks.redis:RedisStreamSink",
         ],
     },
 )
