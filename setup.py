@@ -21,6 +21,9 @@ setup(
         "SQLAlchemy>=2.0,<3",
         "blinker>=1.6",
         "tenacity>=8.2",
+        # the payload is validated and encoded once, at the edge, by orjson (bench/README.md:
+        # 0.1 us against json.dumps' 1.8 us for a typical event; msgspec measured 0.13 us)
+        "orjson>=3.9",
     ],
     extras_require={
         "postgres": ["psycopg2-binary>=2.9"],

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 from typing import Any, Hashable, Iterable, Mapping, Sequence
 
+import orjson
+from orjson import Fragment  # the members' payloads, spliced in as they are
+
 from timelapser_workers.events import (
     JOB_COMPLETED,
     JOB_FAILED,
@@ -73,17 +76,20 @@ class AggregationPolicy:
         return self.batch_types.get(event_type) or f"{event_type}_BATCH"
 
     def merge(self, batch_type: str, members: Sequence[Event]) -> Event:
-        """One batch event standing for ``members`` (two or more, same worker/type/source)."""
+        """One batch event standing for ``members`` (two or more, same worker/type/source).
+        Its data is ``batch_count``, ``job_ids`` (if the members have them) and ``items``, each
+        member's id, created_at and data: the members' encoded payloads spliced in as they are."""
         first = members[0]
         data: dict[str, Any] = {"batch_count": len(members)}
-        job_ids = [m.data["job_id"] for m in members if "job_id" in m.data]
+        job_ids = [m.job_id for m in members if m.job_id is not None]
         if job_ids:
             data["job_ids"] = job_ids
-        data["items"] = [{"id": m.id, "created_at": m.created_at, "data": m.data} for m in members]
+        data["items"] = [{"id": m.id, "created_at": m.created_at, "data": Fragment(m.payload)}
+                         for m in members]
         return Event(
             id=new_event_id(),
             type=batch_type,
-            data=data,
+            payload=orjson.dumps(data),
             source=first.source,
             worker=first.worker,
             priority=max(m.priority for m in members),
@@ -100,8 +106,8 @@ class AggregationPolicy:
         job_pos: dict[tuple[Any, Hashable], int] = {}  # (worker, job_id) -> last group index
         for event in events:
             btype = self.batch_type(event.type)
-            job = event.data.get("job_id")
-            dep = (event.worker, job) if isinstance(job, (str, int, float)) else None
+            job = event.job_id
+            dep = None if job is None else (event.worker, job)
             index = None
             if btype is not None:
                 key = (event.worker, event.type, event.source)

@@ -26,7 +26,7 @@ from timelapser_workers.config import BatcherConfig, check_timeout
 from timelapser_workers.contract import Sink, sink_name
 from timelapser_workers.deadletter import DeadLetterHandler, resolve_dead_letter
 from timelapser_workers.errors import BatcherClosedError, QueueFullError
-from timelapser_workers.events import Event, Priority, make_event
+from timelapser_workers.events import Event, Priority, build_event, make_event
 from timelapser_workers.flusher import FlushResult
 from timelapser_workers.ingress import Unbatched
 from timelapser_workers.lane import SinkLane
@@ -74,7 +74,8 @@ class EventBatcher:
         self.name = name
         self.policy = aggregation if aggregation is not None else AggregationPolicy()
         self.dead_letter = resolve_dead_letter(dead_letter, self.config.dead_letter_path)
-        self._slot = _Slot(Pipeline(name, self.config, self.policy, self.dead_letter))
+        self._max_event_bytes = self.config.max_event_bytes
+        self._slot = _Slot(self._new_pipeline())
         submit, reject = _signal_callbacks(self._slot, name)
         self._signals = SignalAdapter(submit, reject, self.config.max_event_bytes)
         if callable(getattr(sinks, "send", None)):
@@ -91,6 +92,12 @@ class EventBatcher:
     @property
     def _pipe(self) -> Pipeline:
         return self._slot.pipe
+
+    def _new_pipeline(self, closed: bool = False) -> Pipeline:
+        pipe = Pipeline(self.name, self.config, self.policy, self.dead_letter, closed=closed)
+        if self.config.handle_sigterm:
+            pipe.on_start = install_sigterm_handler  # made elsewhere, first used in main: now
+        return pipe
 
     # --- sinks ---------------------------------------------------------------------------
     def add_sink(self, sink: Sink) -> None:
@@ -141,23 +148,20 @@ class EventBatcher:
         Raises BatcherClosedError after close(), QueueFullError only with overflow='block'
         when the queue stayed full for ``block_timeout`` seconds.
         """
-        if not isinstance(event, Event):
+        if event.__class__ is not Event and not isinstance(event, Event):
             raise TypeError(f"submit() takes an Event (see make_event), got {event!r}")
-        self._first_use()
-        return self._pipe.offer(event if batch else Unbatched(event), event)
+        return self._slot.pipe.offer(event if batch else Unbatched(event), event)
 
     def emit(self, type: str, data: Mapping[str, Any] | None = None, *, worker: str | None = None,
              source: str | None = None, priority: Priority | int | str = Priority.NORMAL) -> Event:
         """Build an event (validated, JSON-safe, stamped) and submit it; returns the event."""
-        event = make_event(type, data, worker=worker, source=source, priority=priority,
-                           max_bytes=self.config.max_event_bytes)
-        self._first_use()
-        self._pipe.offer(event, event)
+        if type.__class__ is not str or not type:
+            event = make_event(type, data, worker=worker, source=source, priority=priority,
+                               max_bytes=self._max_event_bytes)  # raises, naming the bad type
+        else:
+            event = build_event(type, data, source, worker, priority, self._max_event_bytes)
+        self._slot.pipe.offer(event, event)
         return event
-
-    def _first_use(self) -> None:
-        if not self._pipe.thread.started and self.config.handle_sigterm:
-            install_sigterm_handler()
 
     # --- flush and close -----------------------------------------------------------------
     def _deadline(self, timeout: float | None) -> float:
@@ -199,7 +203,7 @@ class EventBatcher:
     def _after_fork_in_child(self) -> None:
         """The child starts empty: fresh queue, threads and counters, same sinks and settings."""
         old = self._pipe
-        self._slot.pipe = Pipeline(self.name, self.config, self.policy, self.dead_letter, closed=old.closing)
+        self._slot.pipe = self._new_pipeline(closed=old.closing)
         for lane in old.lanes:
             self._pipe.lanes.append(self._new_lane(lane.sink, lane.name))
             hook = getattr(lane.sink, "after_fork_in_child", None)

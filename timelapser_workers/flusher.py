@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 from timelapser_workers.aggregation import AggregationPolicy
 from timelapser_workers.config import BatcherConfig
@@ -76,15 +76,20 @@ class FlushRequest:
 STOP = object()
 
 
-class _WorkerBuffer:
-    """One worker's pending events, in arrival order, with per-(type, source) counts."""
+class _Buffer:
+    """Pending events of one worker (or of all, when nobody aggregates), in arrival order,
+    with per-(type, source) counts and the fewest events any of those groups still needs."""
 
-    __slots__ = ("events", "counts", "oldest")
+    __slots__ = ("events", "counts", "oldest", "need")
 
-    def __init__(self, oldest: float) -> None:
+    def __init__(self, oldest: float, need: int) -> None:
         self.events: list[Event] = []
         self.counts: dict[tuple[str, str | None], int] = {}
         self.oldest = oldest  # monotonic creation time of the oldest pending event
+        self.need = need
+
+
+_ALL = object()  # the one buffer's key when no lane reads aggregated events
 
 
 class Flusher:
@@ -126,70 +131,112 @@ class Flusher:
             raise
 
     def _loop(self) -> None:
-        cfg = self.config
-        buffers: dict[str | None, _WorkerBuffer] = {}
-        ingress = self.ingress
-        sleep, drain = ingress.sleep, ingress.drain
+        cfg, ingress = self.config, self.ingress
+        buffers: dict[Any, _Buffer] = {}
         stopping = False
         while not stopping:
-            # what each pending group still needs to be full: the producer whose event
-            # completes one wakes us (a group not pending yet needs batch_size)
-            ingress.expect({(worker, etype, source): cfg.batch_size - count
-                            for worker, buf in buffers.items()
-                            for (etype, source), count in buf.counts.items()})
             if buffers:
-                wait = min(b.oldest for b in buffers.values()) + cfg.batch_timeout - time.monotonic()
-                sleep(max(wait, 0.0))
+                oldest = min(b.oldest for b in buffers.values())
+                ingress.sleep(max(0.0, oldest + cfg.batch_timeout - time.monotonic()),
+                              min(b.need for b in buffers.values()))
             else:
-                sleep(None)  # idle: sleep until something arrives (close() sends STOP)
-            items = drain()
-            taken_before = self.taken
+                ingress.sleep(None, 1)  # idle: until something arrives (close() sends STOP)
+            # read the flags before the drain: an event that sets them again is in the next one
+            urgent, ingress.urgent = ingress.urgent, False
+            mixed, ingress.mixed = ingress.mixed, False
+            controls = ingress.take_controls()  # before the drain: what came before them is in it
+            items = ingress.drain()
+            self.taken += len(items)
+            self.high_water = max(self.high_water, len(items))  # the queue's depth when drained
             units: list[list[Event]] = []
-            for item in items:
-                if type(item) is Event:
-                    self.taken += 1
-                    if not cfg.use_batching:
-                        units.append([item])
-                        continue
-                    buf = buffers.get(item.worker)
-                    if buf is None:
-                        buf = buffers[item.worker] = _WorkerBuffer(item.created_mono)
-                    buf.events.append(item)
-                    key = (item.type, item.source)
-                    count = buf.counts[key] = buf.counts.get(key, 0) + 1
-                    if item.priority >= cfg.flush_priority:
-                        units.extend(b.events for b in buffers.values())
-                        buffers.clear()
-                    elif count >= cfg.batch_size:
-                        units.append(buf.events)
-                        del buffers[item.worker]
-                elif type(item) is Unbatched:
-                    self.taken += 1
-                    event = item.event
-                    pending = buffers.pop(event.worker, None)
-                    if pending is not None:  # what its worker had pending goes first
-                        units.append(pending.events)
-                    self.dispatch(units)
-                    units = []
-                    self.dispatch_alone(event)
-                elif isinstance(item, FlushRequest):
+            if not cfg.use_batching:
+                for item in items:
+                    self.dispatch_alone(item if type(item) is Event else item.event)
+            elif any(lane.wants_aggregated for lane in self.lanes()):
+                self._group(items, buffers, units)
+            else:
+                self._gather(items, buffers, units, urgent, mixed)
+            for control in controls:
+                if isinstance(control, FlushRequest):
                     units.extend(b.events for b in buffers.values())
                     buffers.clear()
                     self.dispatch(units)
                     units = []
-                    item.markers = [(lane, Marker(0)) for lane in self.lanes()]
-                    for lane, marker in item.markers:
+                    control.markers = [(lane, Marker(0)) for lane in self.lanes()]
+                    for lane, marker in control.markers:
                         lane.put_marker(marker)
-                    item.ready.set()
-                elif item is STOP:
+                    control.ready.set()
+                elif control is STOP:
                     stopping = True
-            self.high_water = max(self.high_water, self.taken - taken_before)  # depth when drained
             now = time.monotonic()
-            for worker, buf in list(buffers.items()):
+            for key, buf in list(buffers.items()):
                 if stopping or buf.oldest + cfg.batch_timeout <= now:
                     units.append(buf.events)
-                    del buffers[worker]
+                    del buffers[key]
             self.dispatch(units)
+
+    def _gather(self, items: list[Any], buffers: dict[Any, _Buffer], units: list[list[Event]],
+                urgent: bool, mixed: bool) -> None:
+        """Nobody aggregates: one buffer, flushed whole at ``batch_size`` events, at its age,
+        or at once after an urgent event. No per-event work beyond the drain itself, unless
+        ``mixed`` (an unbatched event among them: what is pending goes first, then it alone)."""
+        cfg = self.config
+        buf = buffers.get(_ALL)
+        if buf is None and items:
+            first = items[0]
+            buf = buffers[_ALL] = _Buffer((first if type(first) is Event else first.event).created_mono,
+                                          cfg.batch_size)
+        if buf is None:
+            return
+        if not mixed:
+            buf.events.extend(items)
+        else:
+            for item in items:
+                if type(item) is Unbatched:
+                    self.dispatch(units + [buf.events])
+                    units.clear()
+                    buf.events = []
+                    self.dispatch_alone(item.event)
+                else:
+                    if not buf.events:
+                        buf.oldest = item.created_mono
+                    buf.events.append(item)
+        buf.need = cfg.batch_size - len(buf.events)
+        if not buf.events:
+            del buffers[_ALL]
+        elif urgent or buf.need <= 0:
+            units.append(buf.events)
+            del buffers[_ALL]
+
+    def _group(self, items: list[Any], buffers: dict[Any, _Buffer], units: list[list[Event]]) -> None:
+        """Aggregating: per worker, flushed when one of its (type, source) groups reaches
+        ``batch_size``, and everything at once for an event at or above ``flush_priority``."""
+        cfg = self.config
+        size, priority = cfg.batch_size, cfg.flush_priority
+        for item in items:
+            if type(item) is Unbatched:
+                event = item.event
+                pending = buffers.pop(event.worker, None)
+                if pending is not None:  # what its worker had pending goes first
+                    units.append(pending.events)
+                self.dispatch(units)
+                units.clear()
+                self.dispatch_alone(event)
+                continue
+            buf = buffers.get(item.worker)
+            if buf is None:
+                buf = buffers[item.worker] = _Buffer(item.created_mono, size)
+            buf.events.append(item)
+            key = (item.type, item.source)
+            count = buf.counts[key] = buf.counts.get(key, 0) + 1
+            if size - count < buf.need:
+                buf.need = size - count
+            if item.priority >= priority:
+                units.extend(b.events for b in buffers.values())
+                buffers.clear()
+            elif count >= size:
+                units.append(buf.events)
+                del buffers[item.worker]
 
     def dispatch(self, units: list[list[Event]]) -> None:
         """Aggregate each flushed unit and hand the result to every lane."""
@@ -206,7 +253,7 @@ class Flusher:
             return
         if not any(lane.wants_aggregated for lane in lanes):  # nobody reads the merge: skip it
             self.flushes += 1
-            batch = LaneBatch(raw)
+            batch = LaneBatch(raw, len(raw))
             for lane in lanes:
                 lane.put(batch)
             return
@@ -223,12 +270,12 @@ class Flusher:
             self.batches_created += result.batches_created
             self.events_batched += result.events_batched
         self.flushes += 1
-        merged, unmerged = LaneBatch(aggregated), None
+        merged, unmerged = LaneBatch(aggregated, len(raw)), None
         for lane in lanes:
             if lane.wants_aggregated:
                 lane.put(merged)
             else:
-                unmerged = unmerged or LaneBatch(raw)
+                unmerged = unmerged or LaneBatch(raw, len(raw))
                 lane.put(unmerged)
 
     def dispatch_alone(self, event: Event) -> None:
@@ -238,7 +285,7 @@ class Flusher:
             self._discard(1)
             return
         self.flushes += 1
-        batch = LaneBatch((event,))
+        batch = LaneBatch((event,), 1)
         for lane in lanes:
             lane.put(batch)
 

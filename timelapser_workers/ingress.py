@@ -1,8 +1,8 @@
 """The ingress: the bounded queue between producer threads and the flush thread, and the
 overflow policies that decide what a full queue does.
 
-A put takes one plain lock and appends; it wakes the flush thread only when that thread has
-something to do (see :class:`Ingress`). What happens when the queue is full is a small policy
+A put is a length check and an append, without a lock; it wakes the flush thread only when
+that thread has something to do (see :class:`Ingress`). What happens when the queue is full is a small policy
 object: :class:`DropNewest` (refuse the new event), :class:`DropOldest` (make room by dropping
 the oldest event) or :class:`Block` (wait up to ``block_timeout`` for room). Each returns the
 reason of a drop, which the batcher counts; none ever loses an event without saying so.
@@ -35,131 +35,130 @@ class IngressClosed(Exception):
 
 
 class Ingress:
-    """The bounded event queue between producers and the flush thread.
+    """The bounded event queue between producers and the flush thread, without a lock.
 
-    A put takes one plain lock and appends; it wakes the flush thread only when that thread
-    has something to do: it sleeps without a deadline (idle), the event is urgent, the queue
-    is half full (or 4096 deep), or this event completes a group of ``batch_size``. For the
-    last, the flush thread leaves, before it sleeps, how many more events each pending
-    (worker, type, source) group needs (``expect``); producers count down under the lock, and
-    a group not yet pending needs ``batch_size``. So a burst costs the producers no thread
-    switch per event, and a size trigger still fires on the event that completes the group.
-    Control items (flush requests, stop) bypass the bound and always wake.
+    A put is a length check and a ``deque.append`` (atomic under the GIL), like
+    OpenTelemetry's BatchProcessor. It wakes the flush thread only when that thread has
+    something to do: the event is urgent, or the queue now holds ``wake_at`` events, which
+    the flush thread sets before it sleeps: 1 when it is idle, else the fewest events any
+    pending group still needs to be full. So a burst costs the producers no thread switch per
+    event, and a size trigger still wakes the thread as soon as a group can be complete.
+
+    The bound is checked, then appended to, without a lock: several producers racing for the
+    last places may pass it by at most their number. ``close()`` sets a flag that a put reads
+    after it appended; a put that finds it set takes its event back out and is refused, unless
+    the flush thread already took it (then it is delivered): no event slips in unaccounted.
+    Flush requests and STOP travel in their own deque and always wake the thread.
     """
 
-    def __init__(self, maxsize: int, batch_size: int) -> None:
+    def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
-        self.batch_size = batch_size
-        self.drain_at = max(1, min(maxsize // 2, 4096))
-        self.left: dict[tuple[Any, ...], int] = {}  # events each group still needs
         self.items: collections.deque[Any] = collections.deque()
-        # reentrant: a SIGTERM handler may close the batcher while this thread is in a put
-        self.mutex = threading.RLock()
-        self.not_full = threading.Condition(self.mutex)
-        self.blocked = 0  # producers waiting in put_wait
+        self.controls: collections.deque[Any] = collections.deque()
+        self.wake_at = 1
+        self.urgent = False  # an urgent event came since the flush thread last looked
+        self.mixed = False  # an Unbatched came since the flush thread last looked
         self.wakeup = threading.Event()
-        self.idle = False  # the flush thread sleeps with no deadline
-        self.closed = False  # set under the mutex by close(): no put gets in after it
+        # only producers waiting on a full queue (overflow="block") take this
+        self.room = threading.Condition()
+        self.blocked = 0
+        self.closed = False
 
     def close(self) -> None:
-        with self.mutex:
-            self.closed = True
-            self.not_full.notify_all()  # blocked producers: refused now, not at their timeout
+        self.closed = True
+        if self.blocked:
+            with self.room:
+                self.room.notify_all()  # blocked producers: refused now, not at their timeout
 
     def qsize(self) -> int:
         return len(self.items)
 
-    def expect(self, left: dict[tuple[Any, ...], int]) -> None:
-        """The flush thread: how many more events each pending group needs to be full."""
-        with self.mutex:
-            self.left = left
+    def full(self) -> bool:
+        return len(self.items) >= self.maxsize
 
-    def _arrived(self, key: tuple[Any, ...]) -> bool:
-        """Count an arrival for ``key`` (under the mutex); True if it completes its group."""
-        left = self.left.get(key, self.batch_size) - 1
-        self.left[key] = left
-        return left <= 0
+    def append(self, item: Any, urgent: bool) -> None:
+        """Queue ``item`` (the caller checked the bound); raise IngressClosed if closed."""
+        items = self.items
+        if urgent:
+            self.urgent = True
+            if item.__class__ is Unbatched:
+                self.mixed = True
+        items.append(item)
+        if self.closed:
+            self._withdraw(item)
+        if urgent or len(items) >= self.wake_at:
+            wakeup = self.wakeup
+            if not wakeup.is_set():
+                wakeup.set()
 
-    def _wake(self, depth: int, urgent: bool) -> None:
-        if (urgent or self.idle or depth >= self.drain_at) and not self.wakeup.is_set():
-            self.wakeup.set()
+    def _withdraw(self, item: Any) -> None:
+        try:
+            self.items.remove(item)
+        except ValueError:
+            return  # the flush thread took it first: it is delivered like any other
+        raise IngressClosed
 
-    def put(self, item: Any, key: tuple[Any, ...], urgent: bool) -> bool:
-        """Append unless full; False if full (the item was not queued)."""
-        with self.mutex:
-            if self.closed:
-                raise IngressClosed
-            depth = len(self.items)
-            if depth >= self.maxsize:
-                return False
-            self.items.append(item)
-            urgent = self._arrived(key) or urgent
-        self._wake(depth + 1, urgent)
+    def drop_oldest(self) -> bool:
+        """Remove the oldest queued event to make room; True if there was one."""
+        try:
+            self.items.popleft()
+            return True
+        except IndexError:
+            return False
+
+    def wait_for_room(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until the queue is not full (or closed)."""
+        deadline = time.monotonic() + timeout
+        with self.room:
+            self.blocked += 1  # before the check: a drain after it will see us and notify
+            try:
+                while len(self.items) >= self.maxsize and not self.closed:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    if not self.wakeup.is_set():
+                        self.wakeup.set()  # a full queue is worth draining now
+                    self.room.wait(left)
+            finally:
+                self.blocked -= 1
         return True
-
-    def put_wait(self, item: Any, key: tuple[Any, ...], urgent: bool, timeout: float) -> bool:
-        """Append, waiting up to ``timeout`` seconds for room; False if none came."""
-        with self.mutex:
-            if len(self.items) >= self.maxsize and not self.closed:
-                deadline = time.monotonic() + timeout
-                self.blocked += 1
-                try:
-                    while len(self.items) >= self.maxsize and not self.closed:
-                        left = deadline - time.monotonic()
-                        if left <= 0:
-                            return False
-                        if not self.wakeup.is_set():
-                            self.wakeup.set()  # a full queue is worth draining now
-                        self.not_full.wait(left)
-                finally:
-                    self.blocked -= 1
-            if self.closed:
-                raise IngressClosed
-            self.items.append(item)
-            depth = len(self.items)
-            urgent = self._arrived(key) or urgent
-        self._wake(depth, urgent)
-        return True
-
-    def put_drop_oldest(self, item: Any, key: tuple[Any, ...], urgent: bool) -> Any:
-        """Put without waiting; when full, remove and return the oldest event first."""
-        with self.mutex:
-            if self.closed:
-                raise IngressClosed
-            dropped = None
-            if len(self.items) >= self.maxsize:
-                for i, old in enumerate(self.items):
-                    if type(old) is Event or type(old) is Unbatched:
-                        dropped = old
-                        del self.items[i]
-                        break
-            self.items.append(item)
-            depth = len(self.items)
-            urgent = self._arrived(key) or urgent
-        self._wake(depth, urgent)
-        return dropped
 
     def put_control(self, item: Any) -> None:
-        with self.mutex:
-            self.items.append(item)
+        self.controls.append(item)
         self.wakeup.set()
 
-    def sleep(self, timeout: float | None) -> None:
-        """The flush thread waits for a wake-up or ``timeout``; at once if anything is queued."""
-        self.idle = timeout is None
-        if not self.items:  # read after idle is set: a put that we miss here will see idle
+    def sleep(self, timeout: float | None, wake_at: int) -> None:
+        """The flush thread waits for a wake-up or ``timeout`` (None: until woken); at once
+        if anything is queued. ``wake_at``: how many queued events are worth a wake-up."""
+        self.wake_at = 1 if timeout is None else max(1, wake_at)
+        if not self.items and not self.controls:  # a put we miss here sees the new wake_at
             self.wakeup.wait(timeout)
-        self.idle = False
         self.wakeup.clear()  # what woke us is drained next
 
+    def take_controls(self) -> list[Any]:
+        """Flush requests and STOP queued so far (take them before draining the events: every
+        event queued before a control is then in the drain)."""
+        controls = self.controls
+        taken = []
+        while controls:
+            taken.append(controls.popleft())
+        return taken
+
     def drain(self) -> list[Any]:
-        """Take everything queued now, without waiting."""
-        with self.mutex:
-            items = list(self.items)
-            self.items.clear()
-            if self.blocked:
-                self.not_full.notify_all()
-        return items
+        """Take every event queued now, oldest first, without waiting."""
+        items = self.items
+        pop = items.popleft
+        out: list[Any] = []
+        put = out.append
+        try:
+            for _ in range(len(items)):
+                put(pop())
+        except IndexError:  # a drop_oldest or a withdrawn put took some meanwhile
+            pass
+        if self.blocked:
+            with self.room:
+                self.room.notify_all()
+        return out
 
 
 class OverflowPolicy(Protocol):
@@ -168,7 +167,7 @@ class OverflowPolicy(Protocol):
 
     name: str
 
-    def offer(self, ingress: Ingress, item: Any, key: tuple[Any, ...], urgent: bool) -> str | None: ...
+    def offer(self, ingress: Ingress, item: Any, urgent: bool) -> str | None: ...
 
 
 class DropNewest:
@@ -177,8 +176,13 @@ class DropNewest:
 
     name = "drop_newest"
 
-    def offer(self, ingress: Ingress, item: Any, key: tuple[Any, ...], urgent: bool) -> str | None:
-        return None if ingress.put(item, key, urgent) else "drop_newest"
+    def offer(self, ingress: Ingress, item: Any, urgent: bool) -> str | None:
+        if ingress.closed:
+            raise IngressClosed
+        if len(ingress.items) >= ingress.maxsize:
+            return "drop_newest"
+        ingress.append(item, urgent)
+        return None
 
 
 class DropOldest:
@@ -186,8 +190,12 @@ class DropOldest:
 
     name = "drop_oldest"
 
-    def offer(self, ingress: Ingress, item: Any, key: tuple[Any, ...], urgent: bool) -> str | None:
-        return None if ingress.put_drop_oldest(item, key, urgent) is None else "drop_oldest"
+    def offer(self, ingress: Ingress, item: Any, urgent: bool) -> str | None:
+        if ingress.closed:
+            raise IngressClosed
+        dropped = len(ingress.items) >= ingress.maxsize and ingress.drop_oldest()
+        ingress.append(item, urgent)
+        return "drop_oldest" if dropped else None
 
 
 class Block:
@@ -198,8 +206,13 @@ class Block:
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
 
-    def offer(self, ingress: Ingress, item: Any, key: tuple[Any, ...], urgent: bool) -> str | None:
-        return None if ingress.put_wait(item, key, urgent, self.timeout) else "block_timeout"
+    def offer(self, ingress: Ingress, item: Any, urgent: bool) -> str | None:
+        if ingress.closed:
+            raise IngressClosed
+        if len(ingress.items) >= ingress.maxsize and not ingress.wait_for_room(self.timeout):
+            return "block_timeout"
+        ingress.append(item, urgent)  # raises IngressClosed if close() came while we waited
+        return None
 
 
 def overflow_policy(mode: str, block_timeout: float) -> OverflowPolicy:

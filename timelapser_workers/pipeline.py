@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from timelapser_workers.aggregation import AggregationPolicy
 from timelapser_workers.config import BatcherConfig
@@ -45,7 +45,8 @@ class Pipeline:
         self.config = config
         self.lanes: list[SinkLane] = []
         self.drops = DropCounters()
-        self.ingress = Ingress(config.max_queue_size, config.batch_size if config.use_batching else 1)
+        self.ingress = Ingress(config.max_queue_size)
+        self._flush_priority = config.flush_priority  # read on every put: one attribute
         self.overflow = overflow_policy(config.overflow, config.block_timeout)
         self.dead_letters = DeadLetterWriter(dead_letter, config.lane_max_events, name,
                                              block_timeout=config.shutdown_timeout)
@@ -54,6 +55,8 @@ class Pipeline:
         # reentrant: the SIGTERM handler may close while this thread is inside add_lane or start
         self._lock = threading.RLock()
         self._sequence = threading.Lock()  # the shutdown sequence runs once, under this alone
+        self.running = False  # started (a plain attribute: read on every put)
+        self.on_start: Callable[[], object] | None = None  # called once, by the first put
         self.closing = False
         self.deadline = 0.0
         self._before: list[tuple[int, int]] = []
@@ -77,20 +80,23 @@ class Pipeline:
 
     def start(self) -> None:
         with self._lock:
-            if self.thread.started or self.closing:
+            if self.running or self.closing:
                 return
             for lane in self.lanes:
                 lane.start()
             self.thread.start()
+            self.running = True
+        if self.on_start is not None:
+            self.on_start()
 
     def offer(self, item: Event | Unbatched, event: Event) -> bool:
         """Put an event on the ingress; False if it (or an older one) was dropped. Raises
         BatcherClosedError once closing, QueueFullError when ``block`` timed out."""
-        if not self.thread.started and not self.closing:
+        if not self.running and not self.closing:
             self.start()
-        urgent = item is not event or event.priority >= self.config.flush_priority  # unbatched: at once
+        urgent = item is not event or event.priority >= self._flush_priority  # unbatched: at once
         try:
-            reason = self.overflow.offer(self.ingress, item, (event.worker, event.type, event.source), urgent)
+            reason = self.overflow.offer(self.ingress, item, urgent)
         except IngressClosed:
             self.drops.reject("closed", None)
             raise BatcherClosedError(

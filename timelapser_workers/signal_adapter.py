@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 from blinker import ANY, Signal
 
 from timelapser_workers import signals as _signals
-from timelapser_workers.events import Event, Priority, make_event
+from timelapser_workers.events import Event, Priority, build_event
 
 __all__ = ["SignalAdapter", "sender_name"]
 
@@ -73,23 +73,31 @@ class SignalAdapter:
 
     def _receiver_for(self, event_type: str) -> Receiver:
         submit, reject, max_bytes = self._submit, self._reject, self._max_event_bytes
+        normal = Priority.NORMAL
 
         def receive(sender: Any, **kwargs: Any) -> bool:
-            source = kwargs.pop("source", None)
-            if source is None:
+            # the hot path of every signal send: the common case (none of the special keys,
+            # a str sender) costs four dict look-ups and the event itself
+            named = sender.__class__ is str  # a plain name: no attributes to look for
+            source = kwargs.pop("source", None) if "source" in kwargs else None
+            if source is None and not named:
                 source = getattr(sender, "event_source", None)
-            priority = kwargs.pop("priority", Priority.NORMAL)
-            batch = kwargs.pop("use_batching", getattr(sender, "use_batching", True)) is not False
-            extra = kwargs.pop("data", None)
-            if extra is None:
-                data: Mapping[str, Any] = kwargs
-            elif isinstance(extra, Mapping):
-                data = {**extra, **kwargs}
-            else:  # not a dict: keep it as an ordinary field called "data"
-                data = {**kwargs, "data": extra}
+            priority = kwargs.pop("priority") if "priority" in kwargs else normal
+            if "use_batching" in kwargs:
+                batch = kwargs.pop("use_batching") is not False
+            else:
+                batch = named or getattr(sender, "use_batching", True) is not False
+            data: Mapping[str, Any] = kwargs
+            if "data" in kwargs:
+                extra = kwargs.pop("data")
+                if isinstance(extra, Mapping):
+                    data = {**extra, **kwargs}
+                elif extra is not None:  # not a dict: keep it as an ordinary field called "data"
+                    data = {**kwargs, "data": extra}
             try:
-                event = make_event(event_type, data, source=source, worker=sender_name(sender),
-                                   priority=priority, max_bytes=max_bytes)
+                event = build_event(event_type, data, source,
+                                    sender if named and sender else sender_name(sender),
+                                    priority, max_bytes)
             except (TypeError, ValueError) as exc:
                 reject(event_type, sender, exc)
                 return False

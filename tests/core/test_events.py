@@ -1,5 +1,7 @@
+import dataclasses
 import datetime as dt
 import decimal
+import json
 import enum
 import pathlib
 import uuid
@@ -121,3 +123,67 @@ def test_a_lone_surrogate_is_refused_where_the_event_is_made():
     with pytest.raises(ValueError, match="lone surrogate"):
         make_event("X", {"k\ud800": 1})
     assert make_event("X", {"name": "caméra ☀"}).data == {"name": "caméra ☀"}
+
+
+class _Str(str):
+    pass
+
+
+class _Int(int):
+    pass
+
+
+class _Dict(dict):
+    pass
+
+
+@dataclasses.dataclass
+class _Point:
+    x: int
+
+
+_SWEEP = [
+    None, True, 0, -(2**63), 2**64 - 1, 1.5, -0.0, 1e308, "", "snow \u2603", "\u00e9" * 3,
+    [1, None, [2.5]], (1, "a"), {"k": {"k": [None]}}, decimal.Decimal("1.10"),
+    dt.datetime(2026, 1, 2, 3, 4, 5, 6), dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc),
+    dt.date(2026, 1, 2), dt.time(3, 4, 5, 6), dt.timedelta(seconds=1.5), uuid.UUID(int=7),
+    Color.RED, Kind.JOB_STARTED, {3, 1, 2}, frozenset({"b", "a"}), pathlib.PurePosixPath("/a/b"),
+    _Str("sub"), _Int(5), _Dict(a=1), {1: "int key"}, {Color.RED: "enum key"},
+]
+
+
+@pytest.mark.parametrize("value", _SWEEP, ids=[repr(v)[:30] for v in _SWEEP])
+def test_the_fast_encoder_stores_what_the_documented_conversion_says(value):
+    """make_event encodes in one C call where it can; the result must be exactly what the
+    documented conversion (the walk, json_safe) gives, value for value."""
+    event = make_event("X", {"v": value, "n": None})
+    assert event.data == json_safe({"v": value, "n": None})
+
+
+@pytest.mark.parametrize("value, path, error", [
+    (float("nan"), r"data\['v'\]", ValueError),
+    ([None, [float("inf")]], r"data\['v'\]\[1\]\[0\]", ValueError),   # hidden behind a None
+    ({"x": -float("inf"), "y": None}, r"data\['v'\]\['x'\]", ValueError),
+    (2**64, r"data\['v'\]", ValueError),
+    (-(2**63) - 1, r"data\['v'\]", ValueError),
+    (10**5000, r"data\['v'\]", ValueError),  # beyond even str()'s 4300 digits
+    ("lone \ud800", r"data\['v'\]", ValueError),
+    (b"bytes", r"data\['v'\]", TypeError),
+    (_Point(1), r"data\['v'\]", TypeError),
+    (decimal.Decimal("NaN"), r"data\['v'\]", ValueError),
+    ({(1, 2): "tuple key"}, r"data\['v'\]", TypeError),
+], ids=lambda v: type(v).__name__)
+def test_what_no_sink_can_store_is_refused_at_the_edge_naming_the_key_path(value, path, error):
+    with pytest.raises(error, match=path):
+        make_event("X", {"v": value, "ok": None})
+
+
+def test_the_payload_is_encoded_once_and_the_event_reads_it_back():
+    event = make_event("X", {"job_id": 7, "snow": "\u2603"}, worker="w")
+    assert event.payload == b'{"job_id":7,"snow":"\xe2\x98\x83"}'
+    assert event.data == {"job_id": 7, "snow": "\u2603"} and event.job_id == 7
+    assert json.loads(event.to_json()) == event.to_dict()
+    caller = {"job_id": 7}
+    event = make_event("X", caller)
+    caller["job_id"] = 8  # the event keeps what was sent
+    assert event.data == {"job_id": 7}

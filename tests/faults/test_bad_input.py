@@ -110,7 +110,7 @@ def test_bad_payloads_through_signals_are_refused_counted_and_others_delivered(b
 def test_enormous_payloads_are_refused_naming_size_and_limit(batcher, data):
     sink = MemorySink("m", wants_aggregated=False)
     b = batcher([sink], batch_timeout=0.01)  # the default limit: 1 MiB
-    with pytest.raises(ValueError, match=r"about [\d,]+ bytes of JSON, over max_event_bytes=1,048,576"):
+    with pytest.raises(ValueError, match=r"is [\d,]+ bytes of JSON, over max_event_bytes=1,048,576"):
         b.emit(JOB_STARTED, data, worker="w")
     b.emit(JOB_STARTED, {"job_id": 3}, worker="w")
     assert b.flush(timeout=5).pending == 0

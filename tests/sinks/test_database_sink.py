@@ -209,7 +209,10 @@ def test_a_forked_child_uses_its_own_connections(db) -> None:
 
 
 def test_sqlite_rows_are_what_sqlalchemys_insert_would_store(tmp_path) -> None:
-    """The SQLite write skips SQLAlchemy's per-row processing; the stored text must not differ."""
+    """The SQLite write skips SQLAlchemy's per-row processing; what it stores must read back
+    the same: every column's text as SQLAlchemy's, the data as the payload encoded once at the
+    edge (compact JSON, the same value as SQLAlchemy's json.dumps text)."""
+    import json
     import sqlite3
 
     from timelapser_workers.sql.codec import event_row
@@ -227,7 +230,11 @@ def test_sqlite_rows_are_what_sqlalchemys_insert_would_store(tmp_path) -> None:
     with sqlite3.connect(path) as conn:
         got = conn.execute(f"SELECT {cols} FROM fast ORDER BY id").fetchall()
         want = conn.execute(f"SELECT {cols} FROM ref ORDER BY id").fetchall()
-    assert got == want
+        extracted = conn.execute("SELECT json_extract(data, '$.f') FROM fast ORDER BY id").fetchall()
+    assert [r[:2] + r[3:] for r in got] == [r[:2] + r[3:] for r in want]
+    assert [json.loads(r[2]) for r in got] == [json.loads(r[2]) for r in want]
+    assert [r[2].encode() for r in got] == [e.payload for e in events]  # stored as encoded
+    assert extracted[-1] == (0.5,)  # SQLite's own JSON functions read it
     with fast.engine.connect() as conn:  # and it reads back through SQLAlchemy as it was written
         row = conn.execute(sa.select(fast.table).order_by(fast.table.c.id.desc()).limit(1)).one()
     assert row.data == events[-1].data

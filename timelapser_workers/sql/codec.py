@@ -5,17 +5,17 @@ One column list (:data:`EVENT_COLUMNS`, in COPY order) and one mapping from the 
 to those columns (:func:`event_values`). The forms differ only in how they encode two values,
 the JSON ``data`` and the ``created_at`` time:
 
-==================  =============================  ======================================  =====================
-form                data                           created_at                              written by
-==================  =============================  ======================================  =====================
-:func:`event_row`   the dict                       aware UTC datetime                      SQLAlchemy's INSERT
-:func:`sqlite_rows` ``json.dumps`` text            ``YYYY-MM-DD HH:MM:SS.ffffff`` (UTC)    pysqlite executemany
-:func:`copy_buffer` compact JSON, UTF-8 unescaped  ISO 8601 with its ``+00:00`` offset     PostgreSQL COPY
-==================  =============================  ======================================  =====================
+==================  ==================================  ====================================  ====================
+form                data                                created_at                            written by
+==================  ==================================  ====================================  ====================
+:func:`event_row`   the dict (decoded from the payload)  aware UTC datetime                    SQLAlchemy's INSERT
+:func:`sqlite_rows` the payload as it is (JSON text)     ``YYYY-MM-DD HH:MM:SS.ffffff`` (UTC)  pysqlite executemany
+:func:`copy_buffer` the payload as it is, COPY-escaped   ISO 8601 with its ``+00:00`` offset   PostgreSQL COPY
+==================  ==================================  ====================================  ====================
 
-The SQLite tuples hold exactly the text SQLAlchemy's JSON and DateTime types would store for
-:func:`event_row` (a test compares them), without SQLAlchemy's per-row processing, which costs
-as much as the insert itself.
+The payload is the data's compact JSON, encoded once where the event was made: SQLite and COPY
+store those bytes as they are (no second encoding); the SQLite times are the text SQLAlchemy's
+DateTime type stores, without its per-row processing, which costs as much as the insert.
 """
 
 from __future__ import annotations
@@ -57,20 +57,22 @@ event_values: Callable[[Event], tuple[Any, ...]] = operator.attrgetter(*(attr fo
 """``event_values(event)``: the event's column values in :data:`EVENT_COLUMNS` order, as Python
 values (``data`` a dict, ``priority`` its name, ``created_at`` an aware UTC datetime)."""
 
-_copy_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-
-
 def event_row(event: Event) -> dict[str, Any]:
     """The row for ``event`` as a dict of :data:`EVENT_COLUMNS` (for a SQLAlchemy INSERT)."""
     return dict(zip(EVENT_COLUMNS, event_values(event)))
 
 
+_UTC = _dt.timezone.utc
+_fromtimestamp = _dt.datetime.fromtimestamp
+
+
 def sqlite_rows(batch: Sequence[Event]) -> list[tuple[Any, ...]]:
-    """The rows of ``batch`` as tuples of the text SQLAlchemy stores on SQLite (``?`` params)."""
-    dumps = json.dumps
+    """The rows of ``batch`` as tuples for ``?`` params: the payload as JSON text, times as the
+    text SQLAlchemy stores on SQLite."""
     return [
-        (i, t, dumps(d), p, s, w, f"{c:%Y-%m-%d %H:%M:%S.%f}", n)
-        for i, t, d, p, s, w, c, n in map(event_values, batch)
+        (e.id, e.type, e.payload.decode(), e.priority.name, e.source, e.worker,
+         f"{_fromtimestamp(e.created_at, _UTC):%Y-%m-%d %H:%M:%S.%f}", len(e.members) or 1)
+        for e in batch
     ]
 
 
@@ -86,11 +88,13 @@ def copy_text(value: Any) -> str:
 
 
 def copy_buffer(batch: Sequence[Event]) -> io.StringIO:
-    """The rows of ``batch`` as COPY text (columns :data:`EVENT_COLUMNS`), ready for ``copy_expert``."""
+    """The rows of ``batch`` as COPY text (columns :data:`EVENT_COLUMNS`), ready for
+    ``copy_expert``; the data column is each event's payload, escaped for COPY."""
     lines = [
-        "\t".join((copy_text(i), copy_text(t), copy_text(_copy_json(d)), p, copy_text(s), copy_text(w),
-                   c.isoformat(), str(n)))
-        for i, t, d, p, s, w, c, n in map(event_values, batch)
+        "\t".join((copy_text(e.id), copy_text(e.type), copy_text(e.payload.decode()), e.priority.name,
+                   copy_text(e.source), copy_text(e.worker), _fromtimestamp(e.created_at, _UTC).isoformat(),
+                   str(len(e.members) or 1)))
+        for e in batch
     ]  # fmt: skip
     lines.append("")
     return io.StringIO("\n".join(lines))
