@@ -1,0 +1,54 @@
+"""The dashboard's web app (timelapser_workers.app.dashboard), served by the repository's
+examples/dashboard/serve.py as a user runs it: the page, /stats and a Prometheus scrape of
+/metrics over HTTP, parsed with prometheus_client's parser."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_examples_dashboard_serves_page_stats_and_metrics():
+    proc = subprocess.Popen(
+        [sys.executable, "examples/dashboard/serve.py", "--port", "0", "--duration", "3", "--rate", "50"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        first = proc.stdout.readline()
+        url = re.search(r"dashboard: (http://127\.0\.0\.1:\d+)/", first).group(1)
+        with urllib.request.urlopen(url + "/", timeout=10) as page:
+            assert "EventSource" in page.read().decode()
+        with urllib.request.urlopen(url + "/stats", timeout=10) as response:
+            stats = json.loads(response.read())["batcher"]
+        assert stats["events_received"] > 0, "the sample workers are running"
+        with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"].startswith("text/plain")
+            text = response.read().decode()
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        [received] = [s for s in families["timelapser_events_received"].samples if s.name.endswith("_total")]
+        assert received.labels == {"batcher": "events"}
+        assert received.value >= stats["events_received"]  # counters only grow between the two reads
+        sent = [s for s in families["timelapser_sink_events_sent"].samples if s.name.endswith("_total")]
+        assert [s.labels["sink"] for s in sent] == ["sse"]
+        assert families["timelapser_queue_capacity"].samples[0].value == stats["queue_capacity"]
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(url + "/nope", timeout=10)
+        assert missing.value.code == 404 and "/metrics" in missing.value.read().decode()
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out + err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+
