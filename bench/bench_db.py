@@ -30,10 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import sqlalchemy as sa  # noqa: E402
 
 from common import drop_table, fresh_events_table  # noqa: E402
-from timelapser_workers.sinks.database import DatabaseSink, _copy_buffer  # noqa: E402
+from timelapser_workers.sinks.database import DatabaseSink  # noqa: E402
+from timelapser_workers.sql.codec import EVENT_COLUMNS, copy_buffer  # noqa: E402
 from timelapser_workers.sql.engine import create_sink_engine  # noqa: E402
 from timelapser_workers.sql.upsert import bulk_upsert  # noqa: E402
 from timelapser_workers.events import make_event  # noqa: E402
+
+
+COLS = ", ".join(EVENT_COLUMNS)
 
 
 def make_events(n: int) -> list:
@@ -88,9 +92,8 @@ def bench_postgres(url: str, n: int, batch: int, repeat: int) -> None:
         raw = engine.raw_connection()
         try:
             cur = raw.cursor()
-            cols = "event_id, type, data, priority, source, worker, created_at, batch_count"
             for b in batches:
-                cur.copy_expert(f"COPY {state['t']} ({cols}) FROM STDIN", _copy_buffer(b))
+                cur.copy_expert(f"COPY {state['t']} ({COLS}) FROM STDIN", copy_buffer(b))
                 raw.commit()
         finally:
             raw.close()
@@ -101,7 +104,7 @@ def bench_postgres(url: str, n: int, batch: int, repeat: int) -> None:
             cur = raw.cursor()
             for e in events[: max(1, n // 10)]:
                 cur.execute(
-                    f"INSERT INTO {state['t']} (event_id, type, data, priority, source, worker, created_at, batch_count)"
+                    f"INSERT INTO {state['t']} ({COLS})"
                     " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                     (e.id, e.type, json.dumps(e.data), e.priority.name, e.source, e.worker, e.created_datetime, 1),
                 )
@@ -153,7 +156,7 @@ def bench_sqlite(n: int, batch: int, repeat: int) -> None:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         sql = (
-            f"INSERT INTO {state['t']} (event_id, type, data, priority, source, worker, created_at, batch_count)"
+            f"INSERT INTO {state['t']} ({COLS})"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
         )
         for b in batches:

@@ -43,7 +43,8 @@ from common import Verdicts, alternate, drop_table, fresh_events_table, machine,
 
 import sqlalchemy as sa
 
-from timelapser_workers.sinks.database import DatabaseSink, _copy_text
+from timelapser_workers.sinks.database import DatabaseSink
+from timelapser_workers.sql.codec import copy_text as _copy_text
 from timelapser_workers.sql.schema import EVENT_COLUMNS
 from timelapser_workers import EventBatcher
 from timelapser_workers.config import BatcherConfig

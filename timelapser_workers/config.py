@@ -147,7 +147,9 @@ class BatcherConfig:
     block_timeout: float = _setting(1.0, "EVENT_QUEUE_BLOCK_TIMEOUT_SECONDS", _seconds(positive=True),
                                     doc="how long `block` waits before `QueueFullError`")
     lane_max_events: int = _setting(10_000, "SINK_LANE_MAX_EVENTS", _count(1),
-                                    doc="events a sink's lane holds; beyond, its oldest batches are dead-lettered")
+                                    doc="events a sink's lane holds; a full healthy lane makes the flush thread wait")
+    send_timeout: float = _setting(30.0, "SINK_SEND_TIMEOUT_SECONDS", _seconds(positive=True),
+                                   doc="one send longer than this: the sink is hung, isolated, its events dead-lettered")
     shutdown_timeout: float = _setting(5.0, "SHUTDOWN_TIMEOUT_SECONDS", _seconds(),
                                        doc="`close()`/atexit deadline (s)")
     max_event_bytes: int = _setting(1_048_576, "MAX_EVENT_BYTES", _count(1),
@@ -156,6 +158,8 @@ class BatcherConfig:
                                      doc="where the default dead-letter handler appends (JSON lines)")
     use_batching: bool = _setting(True, "USE_BATCHING", _flag,
                                   doc="False: every event delivered on its own (the rollback switch)")
+    handle_sigterm: bool = _setting(True, "HANDLE_SIGTERM", _flag,
+                                    doc="on SIGTERM (default action), close every batcher first, then end by SIGTERM")
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

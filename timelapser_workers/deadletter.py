@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence, Union
 
+from timelapser_workers.drops import RateLimitedWarnings
 from timelapser_workers.events import Event
 from timelapser_workers.lifecycle import after_fork_in_child
 from timelapser_workers.threads import DaemonThread, WorkQueue, remaining
@@ -32,6 +33,7 @@ class JsonLinesDeadLetter:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._warnings = RateLimitedWarnings(log=logger)  # one line per sink and reason per 10 s
         after_fork_in_child(self._reset_lock)  # held weakly: this handler may go away
 
     def _reset_lock(self) -> None:
@@ -54,8 +56,8 @@ class JsonLinesDeadLetter:
         with self._lock:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(lines)
-        logger.warning(
-            "dead-lettered %d event(s) from sink %r (%s%s) to %s",
+        self._warnings.warn(
+            f"{sink_name}:{reason}", "dead-lettered %d event(s) from sink %r (%s%s) to %s",
             sum(e.batch_count for e in events), sink_name, reason,
             f": {err}" if err else "", self.path,
         )

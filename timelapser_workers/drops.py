@@ -22,9 +22,10 @@ logger = logging.getLogger("timelapser_workers.batcher")
 class RateLimitedWarnings:
     """At most one warning per key per ``interval`` seconds, saying how many were held back."""
 
-    def __init__(self, interval: float = 10.0) -> None:
+    def __init__(self, interval: float = 10.0, log: logging.Logger = logger) -> None:
         self.interval = interval
-        self._lock = threading.Lock()
+        self.log = log
+        self._lock = threading.RLock()  # reentrant: see DropCounters
         self._last: dict[str, float] = {}
         self._held: collections.Counter[str] = collections.Counter()
 
@@ -39,14 +40,15 @@ class RateLimitedWarnings:
             held = self._held.pop(key, 0)
         if held:
             message += f" ({held} similar since the last such warning)"
-        logger.warning(message, *args)
+        self.log.warning(message, *args)
 
 
 class DropCounters:
     """``rejected`` and ``dropped`` events by reason, safe to count from any thread."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # reentrant: a SIGTERM handler may count a drop while this thread is counting one
+        self._lock = threading.RLock()
         self.rejected: collections.Counter[str] = collections.Counter()
         self.dropped: collections.Counter[str] = collections.Counter()
         self.warnings = RateLimitedWarnings()

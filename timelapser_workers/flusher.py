@@ -88,7 +88,8 @@ class _WorkerBuffer:
 
 
 class Flusher:
-    """Runs the flush loop of one batcher (:meth:`run` is the thread's target) and counts
+    """Runs the flush loop of one batcher (:meth:`run` is the thread's target; after STOP it
+    calls ``on_stop``, the pipeline's shutdown sequence) and counts
     what it did: ``taken`` (events off the ingress), ``flushes``, ``batches_created``,
     ``events_batched``, ``high_water`` (the most events taken in one go)."""
 
@@ -100,6 +101,7 @@ class Flusher:
         ingress: Ingress,
         lanes: Callable[[], Sequence[SinkLane]],
         drops: DropCounters,
+        on_stop: Callable[[], None],
     ) -> None:
         self.name = name
         self.config = config
@@ -107,6 +109,7 @@ class Flusher:
         self.ingress = ingress
         self.lanes = lanes
         self.drops = drops
+        self.on_stop = on_stop
         self.taken = 0
         self.flushes = 0
         self.batches_created = 0
@@ -116,6 +119,7 @@ class Flusher:
     def run(self) -> None:
         try:
             self._loop()
+            self.on_stop()  # STOP came: the shutdown sequence runs here, after the last flush
         except BaseException:  # a bug here must never be silent: every later event would stall
             logger.critical("the flush thread of batcher %r died; events are no longer "
                             "delivered (close() dead-letters what is queued)", self.name, exc_info=True)

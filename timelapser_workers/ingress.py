@@ -53,7 +53,8 @@ class Ingress:
         self.drain_at = max(1, min(maxsize // 2, 4096))
         self.left: dict[tuple[Any, ...], int] = {}  # events each group still needs
         self.items: collections.deque[Any] = collections.deque()
-        self.mutex = threading.Lock()
+        # reentrant: a SIGTERM handler may close the batcher while this thread is in a put
+        self.mutex = threading.RLock()
         self.not_full = threading.Condition(self.mutex)
         self.blocked = 0  # producers waiting in put_wait
         self.wakeup = threading.Event()

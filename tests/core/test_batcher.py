@@ -69,9 +69,9 @@ def test_idle_batcher_uses_no_cpu(make_batcher):
     batcher = make_batcher([sink], batch_timeout=0.05)
     batcher.emit("PING", worker="w")
     assert sink.wait_for(1, timeout=5)
-    before = _cpu_ticks(batcher._thread)
+    before = _cpu_ticks(batcher._pipe.thread)
     time.sleep(1.0)
-    assert _cpu_ticks(batcher._thread) - before <= 1  # a polling loop would keep ticking
+    assert _cpu_ticks(batcher._pipe.thread) - before <= 1  # a polling loop would keep ticking
 
 
 # --- order ------------------------------------------------------------------------------------
@@ -164,23 +164,6 @@ def test_a_slow_sink_does_not_delay_a_fast_one(make_batcher, gate_sink):
     assert slow.entered.wait(5) and slow.count == 0
     slow.gate.set()
     assert slow.wait_for(50, timeout=5)
-
-
-def test_a_full_lane_dead_letters_its_oldest_batches(make_batcher, gate_sink, dead_letter):
-    hung = gate_sink("hung")
-    batcher = make_batcher([hung], batch_size=1, lane_max_events=5, use_batching=False)
-    batcher.emit("E", {"n": 0}, worker="w")
-    assert hung.entered.wait(5)  # n=0 is in flight; the lane can hold 5 more
-    for n in range(1, 11):
-        batcher.emit("E", {"n": n}, worker="w")
-    deadline = time.monotonic() + 5
-    while batcher.stats()["sinks"]["hung"]["dropped"].get("lane_full", 0) < 5 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert batcher.stats()["sinks"]["hung"]["dropped"] == {"lane_full": 5}
-    assert sorted(r["event"]["data"]["n"] for r in dead_letter.read()) == [1, 2, 3, 4, 5]
-    hung.gate.set()
-    assert batcher.flush(timeout=5).pending == 0
-    assert [e.data["n"] for e in hung.events] == [0, 6, 7, 8, 9, 10]
 
 
 # --- backpressure -----------------------------------------------------------------------------
@@ -413,7 +396,7 @@ def test_a_hung_sink_at_close_is_dead_lettered_once_and_its_thread_ends(make_bat
     result = batcher.close(timeout=0.3)
     assert (result.failed, result.pending) == (2, 0)
     assert sorted(r["event"]["data"]["n"] for r in dead_letter.read()) == [0, 1]
-    lane = batcher._lanes[0]
+    lane = batcher._pipe.lanes[0]
     hung.gate.set()  # the sink returns after all: not counted twice, and the thread ends
     assert lane._thread.join(time.monotonic() + 5)
     assert (lane.delivered, lane.failed) == (0, 2)

@@ -85,9 +85,11 @@ def test_flush_and_close_refuse_a_bad_timeout(bad, tmp_path):
 def _sample(name, default):
     """A valid value for a setting, other than its default, as environment text and as stored."""
     samples = {"overflow": ("block", "block"), "flush_priority": ("critical", Priority.CRITICAL),
-               "dead_letter_path": ("/tmp/x.jsonl", "/tmp/x.jsonl"), "use_batching": ("false", False)}
+               "dead_letter_path": ("/tmp/x.jsonl", "/tmp/x.jsonl")}
     if name in samples:
         return samples[name]
+    if isinstance(default, bool):
+        return ("false", False) if default else ("true", True)
     if isinstance(default, float):
         return str(default + 1.5), default + 1.5
     return str(default + 3), default + 3

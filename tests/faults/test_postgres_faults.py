@@ -184,7 +184,9 @@ def test_killed_backends_and_an_outage_lose_nothing_silently(
         assert dead_list == [] and sorted(stored) == sorted(all_ids), stats
     else:
         assert dead_list, "the outage outlasted the retry budget, yet nothing was dead-lettered"
-        assert {r["reason"] for r in dead_records} == {"retries_exhausted"}
+        # the batch that spent its retries, then one try each while the sink was failing
+        reasons = {r["reason"] for r in dead_records}
+        assert "retries_exhausted" in reasons and reasons <= {"retries_exhausted", "sink_failing"}
         # A dead-lettered batch may have committed on its last attempt if only the reply was
         # lost; such events are in both places (replaying the dead letter is idempotent by
         # event_id). Every other dead-lettered event is absent from the table.

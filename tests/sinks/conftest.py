@@ -79,13 +79,17 @@ class Db:
 
     def refuse_type(self, event_type: str) -> None:
         """Install a trigger that refuses rows of ``event_type``: a real row-level failure."""
+        self.refuse_rows("type", event_type)
+
+    def refuse_rows(self, column: str, value: str) -> None:
+        """Install a trigger on this test's table that refuses rows whose ``column`` is ``value``."""
         self.execute_script(
             f"CREATE TRIGGER {self.table}_refuse BEFORE INSERT ON {self.table} "
-            f"WHEN NEW.type = '{event_type}' BEGIN SELECT RAISE(ABORT, 'refused by test trigger'); END;",
+            f"WHEN NEW.{column} = '{value}' BEGIN SELECT RAISE(ABORT, 'refused by test trigger'); END;",
             f"""
             CREATE FUNCTION {self.table}_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN
-              IF NEW.type = '{event_type}' THEN
+              IF NEW.{column} = '{value}' THEN
                 RAISE check_violation USING MESSAGE = 'refused by test trigger';
               END IF;
               RETURN NEW;

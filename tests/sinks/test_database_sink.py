@@ -212,7 +212,7 @@ def test_sqlite_rows_are_what_sqlalchemys_insert_would_store(tmp_path) -> None:
     """The SQLite write skips SQLAlchemy's per-row processing; the stored text must not differ."""
     import sqlite3
 
-    from timelapser_workers.sinks.database import event_row
+    from timelapser_workers.sql.codec import event_row
 
     path = tmp_path / "events.db"
     fast = DatabaseSink(f"sqlite:///{path}", table="fast")
@@ -234,3 +234,15 @@ def test_sqlite_rows_are_what_sqlalchemys_insert_would_store(tmp_path) -> None:
     assert row.created_at.replace(tzinfo=dt.timezone.utc) == events[-1].created_datetime
     fast.close()
     ref.close()
+
+
+def test_an_unsupported_database_is_refused_with_its_name() -> None:
+    """A MySQL engine (its DB-API never connected: the refusal comes before any I/O)."""
+    import sqlite3
+
+    engine = sa.create_engine("mysql+mysqldb://app@127.0.0.1/app", module=sqlite3)
+    sink = DatabaseSink(engine, create_table=False)
+    events = batch(3)
+    with pytest.raises(PermanentSinkError, match="DatabaseSink supports sqlite and postgresql, not 'mysql'") as info:
+        sink.send(events)
+    assert info.value.events == events

@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 import sqlalchemy as sa
 
-from timelapser_workers.sql.errors import ErrorKind, classify_error
+from timelapser_workers.sql.errors import ErrorKind, UnsupportedDialectError, classify_error
 
 
 class FakePgError(Exception):
@@ -71,3 +71,8 @@ def test_errors_outside_the_database_are_transient() -> None:
 
 def test_a_value_the_driver_cannot_bind_is_a_row_error() -> None:
     assert classify_error(ValueError("A string literal cannot contain NUL (0x00) characters.")) is ErrorKind.ROW
+
+
+def test_an_unsupported_database_is_permanent() -> None:
+    """A ValueError, yet not a row's fault: no row of the batch would ever be written."""
+    assert classify_error(UnsupportedDialectError("DatabaseSink supports sqlite and postgresql, not 'mysql'")) is ErrorKind.PERMANENT

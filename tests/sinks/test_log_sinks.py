@@ -139,3 +139,36 @@ def test_the_librarys_own_logging_during_a_flush_neither_recurses_nor_deadlocks(
     stored = sqlite3.connect(path).execute(f"SELECT logger, count(*) FROM {unique_name} GROUP BY logger").fetchall()
     assert stored == [("app.locked", 25)]
     assert handler.skipped >= 1  # the lane's "retrying" record was seen and not stored
+
+
+def test_one_refused_record_among_100_is_dead_lettered_and_99_are_stored(db, dead_letter) -> None:
+    """A trigger refuses one record: the batch is split, the other 99 are stored."""
+    import sqlalchemy as sa
+
+    from timelapser_workers.sql.engine import create_sink_engine
+    from timelapser_workers.sql.schema import logs_table
+
+    engine = create_sink_engine(db.url)
+    md = sa.MetaData()
+    logs_table(md, db.table)
+    md.create_all(engine)
+    db.refuse_rows("message", "poison")
+    handler = BatchingDatabaseHandler(engine, table=db.table, batch_size=100, batch_timeout=30, dead_letter=dead_letter)
+    log = logging.getLogger(f"app.{db.table}")
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    log.addHandler(handler)
+    try:
+        for i in range(100):
+            log.info("poison" if i == 42 else f"record {i}")
+        handler.flush(15)
+    finally:
+        log.removeHandler(handler)
+        handler.close(5)
+        engine.dispose()
+    stored = sorted(m for (m,) in db.query(f"SELECT message FROM {db.table}"))
+    assert stored == sorted(f"record {i}" for i in range(100) if i != 42)
+    dead = dead_letter.read()
+    assert [d["event"]["data"]["message"] for d in dead] == ["poison"]
+    assert dead[0]["reason"] == "permanent_error" and "1 of 100" in dead[0]["error"]
+    assert handler.sink.rows_refused == 1 and handler.sink.splits >= 1

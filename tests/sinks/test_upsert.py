@@ -46,3 +46,16 @@ def test_bad_input_is_named(db, settings) -> None:
         bulk_upsert(engine, "settings; drop table x", [{"key": "a"}], ["key"])
     with pytest.raises(ValueError, match="key column"):
         bulk_upsert(engine, table, [{"value": "1"}], ["key"])
+
+
+def test_an_unsupported_database_is_refused_with_its_name() -> None:
+    import sqlite3
+
+    from timelapser_workers.sql.insert import dialect_insert
+
+    engine = sa.create_engine("mysql+mysqldb://app@127.0.0.1/app", module=sqlite3)
+    table = sa.Table("settings", sa.MetaData(), sa.Column("key", sa.Text, primary_key=True), sa.Column("value", sa.Text))
+    with pytest.raises(ValueError, match="bulk_upsert supports sqlite and postgresql, not 'mysql'"):
+        bulk_upsert(engine, table, [{"key": "a", "value": "1"}], ["key"])
+    with pytest.raises(ValueError, match="mine supports sqlite and postgresql, not 'oracle'"):
+        dialect_insert(table, "oracle", writer="mine")

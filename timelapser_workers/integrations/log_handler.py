@@ -15,6 +15,7 @@ An application of the library (it uses a concrete sink), so it lives here, not i
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 from typing import Any, Sequence
@@ -25,12 +26,13 @@ from sqlalchemy.engine import Engine
 from timelapser_workers.batcher import EventBatcher
 from timelapser_workers.config import BatcherConfig, Default
 from timelapser_workers.contract import BaseSink, Event
-from timelapser_workers.errors import BatcherClosedError, PermanentSinkError, TransientSinkError
+from timelapser_workers.errors import BatcherClosedError
 from timelapser_workers.events import make_event
-from timelapser_workers.sql.engine import create_sink_engine
-from timelapser_workers.sql.errors import ErrorKind, classify_error
 from timelapser_workers.sinks.log import parse_level
-from timelapser_workers.sql.schema import check_identifier
+from timelapser_workers.sql.engine import create_sink_engine
+from timelapser_workers.sql.insert import insert_new_events
+from timelapser_workers.sql.schema import DEFAULT_LOGS_TABLE, create_all_concurrently, logs_table
+from timelapser_workers.sql.split import write_or_split
 
 __all__ = ["BatchingDatabaseHandler", "LogRecordSink", "logs_table", "LOG_RECORD"]
 
@@ -44,81 +46,61 @@ LOG_DEFAULTS = {
 _DEFAULT_EXCLUDED = ("timelapser_workers", "sqlalchemy")
 
 
-def logs_table(metadata: sa.MetaData, name: str = "logs") -> sa.Table:
-    """The log-records table: one row per record, with the record's own time."""
-    check_identifier(name)
-    return sa.Table(
-        name,
-        metadata,
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
-        sa.Column("event_id", sa.Text(), nullable=False, unique=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("level", sa.Text(), nullable=False),
-        sa.Column("levelno", sa.Integer(), nullable=False),
-        sa.Column("logger", sa.Text(), nullable=False),
-        sa.Column("message", sa.Text(), nullable=False),
-        sa.Column("exc_text", sa.Text()),
-        sa.Column("thread", sa.Text()),
-        sa.Column("process", sa.Integer()),
-        sa.Column("inserted_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
-        sa.Index(f"ix_{name}_created_at"[:63], "created_at"),
-    )
-
-
 # Set while a LogRecordSink writes on this thread: records logged then are not stored.
 _writing = threading.local()
 
 
 class LogRecordSink(BaseSink):
-    """Write LOG_RECORD events into the logs table, one transaction per batch, idempotent."""
+    """Write LOG_RECORD events into the logs table, one transaction per batch, idempotent.
+
+    A record the database refuses (a trigger, a constraint, a value the driver cannot bind) is
+    found by splitting the batch: the others are stored, it goes to the dead letter. Counters:
+    ``rows_refused``, ``splits``.
+    """
 
     wants_aggregated = False
 
-    def __init__(self, engine: Engine, table: str = "logs", *, name: str = "logs") -> None:
+    def __init__(self, engine: Engine, table: str = DEFAULT_LOGS_TABLE, *, name: str = "logs") -> None:
         self.engine = engine
         self.name = name
         self.metadata = sa.MetaData()
         self.table = logs_table(self.metadata, table)
         self._ready = False
+        self.rows_refused = 0
+        self.splits = 0
 
     def send(self, batch: Sequence[Event]) -> None:
-        import datetime as dt
-
         if not batch:
             return
-        rows = [
-            {
-                "event_id": e.id,
-                "created_at": dt.datetime.fromtimestamp(e.data["created"], tz=dt.timezone.utc),
-                "level": e.data["level"],
-                "levelno": e.data["levelno"],
-                "logger": e.data["logger"],
-                "message": e.data["message"],
-                "exc_text": e.data.get("exc_text"),
-                "thread": e.data.get("thread"),
-                "process": e.data.get("process"),
-            }
-            for e in batch
-        ]
-        dialect = self.engine.dialect.name
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
         _writing.active = True
         try:
-            if not self._ready:
-                self.metadata.create_all(self.engine, checkfirst=True)
-                self._ready = True
-            with self.engine.begin() as conn:
-                conn.execute(insert(self.table).on_conflict_do_nothing(index_elements=["event_id"]), rows)
-        except Exception as exc:
-            kind = classify_error(exc)
-            if kind is ErrorKind.TRANSIENT:
-                raise TransientSinkError(f"{self.name}: {exc}") from exc
-            raise PermanentSinkError(f"{self.name}: {exc}", events=list(batch)) from exc
+            write_or_split(self._write, batch, name=self.name, counters=self)
         finally:
             _writing.active = False
+
+    def _write(self, batch: Sequence[Event]) -> None:
+        if not self._ready:
+            create_all_concurrently(self.metadata, self.engine)
+            self._ready = True
+        stmt = insert_new_events(self.table, self.engine.dialect.name, writer="BatchingDatabaseHandler")
+        with self.engine.begin() as conn:
+            conn.execute(stmt, [_log_row(e) for e in batch])
+
+
+def _log_row(event: Event) -> dict[str, Any]:
+    """The logs-table row for a LOG_RECORD event (its data as ``emit`` built it)."""
+    data = event.data
+    return {
+        "event_id": event.id,
+        "created_at": dt.datetime.fromtimestamp(data["created"], tz=dt.timezone.utc),
+        "level": data["level"],
+        "levelno": data["levelno"],
+        "logger": data["logger"],
+        "message": data["message"],
+        "exc_text": data.get("exc_text"),
+        "thread": data.get("thread"),
+        "process": data.get("process"),
+    }
 
 
 class BatchingDatabaseHandler(logging.Handler):
@@ -136,7 +118,7 @@ class BatchingDatabaseHandler(logging.Handler):
         self,
         target: str | Engine,
         *,
-        table: str = "logs",
+        table: str = DEFAULT_LOGS_TABLE,
         level: int | str = logging.NOTSET,
         batch_size: int | None = None,
         batch_timeout: float | None = None,
@@ -209,11 +191,11 @@ class BatchingDatabaseHandler(logging.Handler):
             else:
                 self.dropped += 1
 
-    def flush(self, timeout: float | None = None) -> None:  # type: ignore[override]
+    def flush(self, timeout: float | None = None) -> None:
         """Deliver the records queued so far, waiting at most ``timeout`` seconds."""
         self.batcher.flush(timeout)
 
-    def close(self, timeout: float | None = None) -> None:  # type: ignore[override]
+    def close(self, timeout: float | None = None) -> None:
         """Deliver what is queued (within ``timeout``), stop the batcher, release the engine."""
         try:
             self.batcher.close(timeout)

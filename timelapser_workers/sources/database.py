@@ -16,26 +16,25 @@ sequence hands out ids in time order (the default, ``CACHE 1``).
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
-import json
 import logging
 import os
 import select
 import threading
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import sqlalchemy as sa
 
+from timelapser_workers.sinks.sse.hub import SSEHub
+from timelapser_workers.sql.codec import EVENT_COLUMNS, row_record
 from timelapser_workers.sql.engine import create_sink_engine
 from timelapser_workers.sql.schema import DEFAULT_NOTIFY_CHANNEL, DEFAULT_TABLE, check_identifier
-from timelapser_workers.sinks.sse.hub import SSEHub
 
 __all__ = ["DatabaseEventSource"]
 
 log = logging.getLogger(__name__)
 
-_COLUMNS = "id, event_id, type, data, priority, source, worker, created_at, batch_count"
+_COLUMNS = ", ".join(("id", *EVENT_COLUMNS))
 
 
 @dataclasses.dataclass
@@ -43,41 +42,6 @@ class _Gap:
     ids: set[int]
     seen: float  # monotonic
     xmax: int | None = None  # the server's next xid, noted gap_grace_seconds after ``seen``
-
-
-def _epoch(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, _dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=_dt.timezone.utc)
-        return value.timestamp()
-    try:
-        return _epoch(_dt.datetime.fromisoformat(str(value)))
-    except ValueError:
-        return None
-
-
-def row_record(row: Any) -> dict[str, Any]:
-    """A table row as a record shaped like ``Event.to_dict()``."""
-    data = row.data
-    if isinstance(data, (str, bytes)):
-        try:
-            data = json.loads(data)
-        except ValueError:
-            data = {"raw": data if isinstance(data, str) else data.decode("utf-8", "replace")}
-    return {
-        "id": str(row.event_id),
-        "type": str(row.type),
-        "data": data,
-        "source": row.source,
-        "worker": row.worker,
-        "priority": row.priority,
-        "created_at": _epoch(row.created_at),
-        "batch_count": int(row.batch_count or 1),
-    }
 
 
 class DatabaseEventSource:
@@ -233,7 +197,7 @@ class DatabaseEventSource:
     def _connect_listener(self) -> None:
         try:
             raw = self.engine.raw_connection()
-            conn = raw.driver_connection
+            conn: Any = raw.driver_connection
             raw.detach()  # ours for good: never back into the user's pool
             conn.autocommit = True
             with conn.cursor() as cur:
@@ -265,10 +229,10 @@ class DatabaseEventSource:
 
     def _backfill(self) -> None:
         with self.engine.connect() as conn:
-            rows = conn.execute(
+            rows = list(conn.execute(
                 sa.text(f"SELECT {_COLUMNS} FROM {self.table} ORDER BY id DESC LIMIT :n"),
                 {"n": self.backfill_events},
-            ).fetchall()
+            ).fetchall())
             if not rows:
                 top = conn.execute(sa.text(f"SELECT max(id) FROM {self.table}")).scalar()
                 self.top = int(top or 0)
@@ -277,7 +241,7 @@ class DatabaseEventSource:
         self.top = rows[0].id - 1
         self._take(rows)
 
-    def _take(self, rows: list[Any]) -> None:
+    def _take(self, rows: Sequence[Any]) -> None:
         """Publish new rows (in id order) and track which ids below the top are missing."""
         fresh = []
         new_missing: set[int] = set()

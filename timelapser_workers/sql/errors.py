@@ -4,16 +4,28 @@
 deadlock, too many connections, admin shutdown, SQLite busy). ``ROW``: some row of the batch is
 at fault (integrity or data error); splitting the batch finds it. ``PERMANENT``: the batch will
 never succeed, whatever its rows (programming error: missing table, bad SQL, permissions).
+
+:func:`sink_error` turns a database error into the sink error the lanes act on: transient ->
+``TransientSinkError`` (retried), anything else -> ``PermanentSinkError`` (dead letter). Row
+errors are split first where the writer can (:mod:`timelapser_workers.sql.split`).
 """
 
 from __future__ import annotations
 
 import enum
 import sqlite3
+from typing import Sequence
 
 from sqlalchemy import exc as sa_exc
 
-__all__ = ["ErrorKind", "classify_error"]
+from timelapser_workers.errors import PermanentSinkError, TransientSinkError
+from timelapser_workers.events import Event
+
+__all__ = ["ErrorKind", "classify_error", "UnsupportedDialectError", "short_error", "sink_error"]
+
+
+class UnsupportedDialectError(ValueError):
+    """A writer was given a database it cannot write to (it names the ones it can)."""
 
 
 class ErrorKind(enum.Enum):
@@ -46,8 +58,10 @@ def classify_error(error: BaseException) -> ErrorKind:
     the DB-API class (OperationalError/InterfaceError: transient; IntegrityError/DataError:
     row; ProgrammingError and the rest: permanent). Anything that is not a database error
     (a socket error, a timeout) is transient, except ValueError and TypeError, which drivers
-    raise for a value they cannot bind: row.
+    raise for a value they cannot bind: row. An UnsupportedDialectError is permanent.
     """
+    if isinstance(error, UnsupportedDialectError):
+        return ErrorKind.PERMANENT
     if isinstance(error, sa_exc.DBAPIError):
         if error.connection_invalidated:
             return ErrorKind.TRANSIENT
@@ -93,3 +107,19 @@ def _by_dbapi_class(orig: BaseException) -> ErrorKind:
     if isinstance(orig, (ValueError, TypeError)):
         return ErrorKind.ROW  # the driver could not bind a row's value (psycopg2: a NUL character)
     return ErrorKind.TRANSIENT  # OSError, timeouts, anything outside the database
+
+
+def short_error(exc: BaseException) -> str:
+    """``exc`` in one line for a message: its type and the driver's first line (no SQL, no
+    parameters), at most 300 characters."""
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def sink_error(exc: BaseException, name: str, events: Sequence[Event]) -> TransientSinkError | PermanentSinkError:
+    """The sink error for ``exc``, raised by sink ``name`` writing ``events``: TransientSinkError
+    if the same write may succeed later, else PermanentSinkError(events) (a row error included:
+    a caller that can split the batch does so before asking)."""
+    if classify_error(exc) is ErrorKind.TRANSIENT:
+        return TransientSinkError(f"{name}: {short_error(exc)}")
+    return PermanentSinkError(f"{name}: {short_error(exc)}", events=list(events))

@@ -1,11 +1,17 @@
-"""The events table: its columns, its indexes, and the checks on the names it is built from.
+"""The tables: the events table, the log-records table, the columns they share, and the checks
+on the names they are built from.
 
-One definition, shared by DatabaseSink (which writes it) and any reader (the SSE engineer's
-DatabaseEventSource tails it by ``id``). Names are checked before any SQL is made from them.
+One definition of each table, shared by its writers (DatabaseSink, the log handler) and its
+readers (DatabaseEventSource tails the events table by ``id``). Both tables are keyed the same
+way (an autoincrement ``id`` to read in order, a unique ``event_id`` that makes writes
+idempotent, the event's own ``created_at``, the server's ``inserted_at``): those columns are
+made by one helper each. Names are checked before any SQL is made from them.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
+import logging
 import re
 
 from sqlalchemy import (
@@ -20,15 +26,32 @@ from sqlalchemy import (
     Text,
     func,
 )
+from sqlalchemy import exc
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Engine
 
-__all__ = ["DEFAULT_TABLE", "DEFAULT_NOTIFY_CHANNEL", "events_table", "check_identifier", "EVENT_COLUMNS"]
+from timelapser_workers.sql.codec import EVENT_COLUMNS
+
+__all__ = [
+    "create_all_concurrently",
+    "DEFAULT_TABLE",
+    "DEFAULT_NOTIFY_CHANNEL",
+    "DEFAULT_LOGS_TABLE",
+    "EVENT_COLUMNS",
+    "events_table",
+    "logs_table",
+    "check_identifier",
+    "id_column",
+    "event_id_column",
+    "created_at_column",
+    "inserted_at_column",
+]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_TABLE = "sse_events"
 DEFAULT_NOTIFY_CHANNEL = "timelapser_events"
-
-# The columns a writer fills (``id`` and ``inserted_at`` come from the database), in COPY order.
-EVENT_COLUMNS = ("event_id", "type", "data", "priority", "source", "worker", "created_at", "batch_count")
+DEFAULT_LOGS_TABLE = "logs"
 
 # A plain SQL identifier: what PostgreSQL and SQLite both accept unquoted (PostgreSQL keeps 63 bytes).
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -48,6 +71,28 @@ def check_identifier(value: object, what: str = "table name") -> str:
     return value
 
 
+# --- the columns every event-keyed table has ---------------------------------------------------
+def id_column() -> Column[int]:
+    """``id``: the autoincrement primary key readers tail by (BIGINT; INTEGER on SQLite, where
+    only an INTEGER PRIMARY KEY is the rowid and autoincrements)."""
+    return Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True)
+
+
+def event_id_column() -> Column[str]:
+    """``event_id``: the event's own id, unique: a batch written twice stores each row once."""
+    return Column("event_id", Text(), nullable=False, unique=True)
+
+
+def created_at_column() -> Column[_dt.datetime]:
+    """``created_at``: the event's own time (UTC), not the time it was written."""
+    return Column("created_at", DateTime(timezone=True), nullable=False)
+
+
+def inserted_at_column() -> Column[_dt.datetime]:
+    """``inserted_at``: the database's clock when the row was inserted."""
+    return Column("inserted_at", DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
 def events_table(metadata: MetaData, name: str = DEFAULT_TABLE, *, schema: str | None = None) -> Table:
     """Define the events table ``name`` on ``metadata`` (``metadata.create_all`` creates it).
 
@@ -63,16 +108,55 @@ def events_table(metadata: MetaData, name: str = DEFAULT_TABLE, *, schema: str |
     return Table(
         name,
         metadata,
-        Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
-        Column("event_id", Text(), nullable=False, unique=True),
+        id_column(),
+        event_id_column(),
         Column("type", Text(), nullable=False),
         Column("data", JSON().with_variant(JSONB(), "postgresql"), nullable=False),
         Column("priority", Text(), nullable=False),
         Column("source", Text()),
         Column("worker", Text()),
-        Column("created_at", DateTime(timezone=True), nullable=False),
-        Column("inserted_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        created_at_column(),
+        inserted_at_column(),
         Column("batch_count", Integer(), nullable=False, server_default="1"),
         Index(f"ix_{name}_type_created_at"[:63], "type", "created_at"),
         schema=schema,
     )
+
+
+def logs_table(metadata: MetaData, name: str = DEFAULT_LOGS_TABLE) -> Table:
+    """Define the log-records table ``name`` on ``metadata``: one row per record, with the
+    record's own time (``created_at``), ``level``, ``levelno``, ``logger``, ``message``,
+    ``exc_text``, ``thread``, ``process``. Indexes: unique ``event_id``; ``created_at``."""
+    check_identifier(name)
+    return Table(
+        name,
+        metadata,
+        id_column(),
+        event_id_column(),
+        created_at_column(),
+        Column("level", Text(), nullable=False),
+        Column("levelno", Integer(), nullable=False),
+        Column("logger", Text(), nullable=False),
+        Column("message", Text(), nullable=False),
+        Column("exc_text", Text()),
+        Column("thread", Text()),
+        Column("process", Integer()),
+        inserted_at_column(),
+        Index(f"ix_{name}_created_at"[:63], "created_at"),
+    )
+
+
+def create_all_concurrently(metadata: MetaData, engine: Engine, attempts: int = 3) -> None:
+    """``metadata.create_all`` that survives other processes creating the same tables at the
+    same moment: a "table (or index) already exists" from that race means another writer won
+    it, so look again (checkfirst) instead of failing."""
+    for attempt in range(1, attempts + 1):
+        try:
+            metadata.create_all(engine, checkfirst=True)
+            return
+        except (exc.IntegrityError, exc.OperationalError, exc.ProgrammingError) as error:
+            # PostgreSQL: 42P07 duplicate_table, or 23505 on its catalog; SQLite: "already exists"
+            raced = isinstance(error, exc.IntegrityError) or "already exists" in str(error.orig)
+            if not raced or attempt == attempts:
+                raise
+            logger.debug("tables were created concurrently (%s); checking again", error.orig)

@@ -12,27 +12,10 @@ from typing import Any, Mapping, Sequence
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from timelapser_workers.sql.insert import dialect_insert, execute_rows
 from timelapser_workers.sql.schema import check_identifier
 
-__all__ = ["bulk_upsert", "execute_rows"]
-
-# PostgreSQL allows 65535 bind parameters in one statement.
-_PG_MAX_PARAMS = 65535
-
-
-def execute_rows(conn: Connection, stmt: Any, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Run the INSERT ``stmt`` for all ``rows`` in as few round trips as the database allows.
-
-    PostgreSQL: multi-row ``VALUES`` statements of up to 1000 rows (psycopg2's executemany would
-    send one statement per row). SQLite: ``executemany``, a loop inside the driver.
-    """
-    if conn.dialect.name != "postgresql":
-        conn.execute(stmt, list(rows))
-        return
-    width = max(1, len(rows[0]))
-    page = max(1, min(1000, _PG_MAX_PARAMS // width))
-    for start in range(0, len(rows), page):
-        conn.execute(stmt.values(list(rows[start : start + page])))
+__all__ = ["bulk_upsert"]
 
 
 def bulk_upsert(
@@ -77,13 +60,7 @@ def bulk_upsert(
     updates = list(update_columns) if update_columns is not None else [c for c in columns if c not in key_columns]
 
     dialect = engine.dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:
-        raise ValueError(f"bulk_upsert supports sqlite and postgresql, not {dialect!r}")
-    stmt = insert(table)
+    stmt = dialect_insert(table, dialect, writer="bulk_upsert")
     if updates:
         stmt = stmt.on_conflict_do_update(
             index_elements=list(key_columns), set_={c: stmt.excluded[c] for c in updates}

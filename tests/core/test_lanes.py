@@ -1,0 +1,215 @@
+"""What a lane does when its sink is slow, failing, hung or misbehaving: backpressure for a
+healthy sink, isolation (dead letters, the others at full speed) for a failing or hung one,
+and a lane thread that never dies. Real threads and sinks; every wait has a deadline."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from typing import Sequence
+
+import blinker
+import pytest
+
+from timelapser_workers import EventBatcher, QueueFullError, TransientSinkError, signals
+from timelapser_workers.events import Event
+from timelapser_workers.sinks import MemorySink
+
+
+def _wait(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_a_slow_healthy_sink_holds_back_the_producers_and_loses_nothing(make_batcher, gate_sink, dead_letter):
+    slow = gate_sink("slow")
+    batcher = make_batcher([slow], use_batching=False, lane_max_events=5, max_queue_size=5,
+                           overflow="block", block_timeout=0.2)
+    batcher.emit("E", {"n": 0}, worker="w")
+    assert slow.entered.wait(5)  # n=0 is in flight and stays there until the gate opens
+    accepted = 1
+    with pytest.raises(QueueFullError):
+        for n in range(1, 200):  # the lane fills, the flush thread waits, the ingress fills
+            batcher.emit("E", {"n": n}, worker="w")
+            accepted += 1
+    # in memory: the lane (5), what the flush thread drained (<= 5), the ingress (5)
+    assert accepted <= 1 + 5 + 5 + 5
+    assert batcher.stats()["events_dropped"] == {"block_timeout": 1}
+    assert batcher.stats()["sinks"]["slow"]["state"] == "healthy"
+    slow.gate.set()
+    assert batcher.flush(timeout=10).complete
+    assert [e.data["n"] for e in slow.events] == list(range(accepted))
+    assert dead_letter.read() == []
+
+
+def test_a_hung_sink_is_isolated_after_send_timeout_and_the_others_go_on(make_batcher, gate_sink, dead_letter):
+    hung, fast = gate_sink("hung"), MemorySink("fast")
+    batcher = make_batcher([hung, fast], use_batching=False, lane_max_events=5, send_timeout=0.3)
+    batcher.emit("E", {"n": 0}, worker="w")
+    assert hung.entered.wait(5)
+    for n in range(1, 101):
+        batcher.emit("E", {"n": n}, worker="w")
+    assert fast.wait_for(101, timeout=10), "the healthy sink waited for the hung one"
+    assert batcher.flush(timeout=10).complete
+    stats = batcher.stats()["sinks"]["hung"]
+    assert stats["state"] == "hung"
+    assert stats["dropped"] == {"sink_hung": 101} and stats["dead_lettered"] == 101
+    assert sorted(r["event"]["data"]["n"] for r in dead_letter.read()) == list(range(101))
+    assert {r["reason"] for r in dead_letter.read()} == {"sink_hung"}
+    hung.gate.set()  # the send returns at last: the lane is healthy again, nothing counted twice
+    assert _wait(lambda: batcher.stats()["sinks"]["hung"]["state"] == "healthy")
+    batcher.emit("E", {"n": 101}, worker="w")
+    assert batcher.flush(timeout=10).complete
+    assert [e.data["n"] for e in hung.events] == [0, 101]  # 0 went through late: both places
+    stats = batcher.stats()["sinks"]["hung"]
+    assert (stats["events_sent"], stats["dead_lettered"], stats["pending"]) == (1, 101, 0)
+
+
+class _BrokenSink(MemorySink):
+    """Refuses every batch while ``broken`` is set (a database that is down)."""
+
+    def __init__(self, name: str = "broken") -> None:
+        super().__init__(name)
+        self.broken = threading.Event()
+        self.broken.set()
+        self.calls = 0
+
+    def send(self, batch: Sequence[Event]) -> None:
+        self.calls += 1
+        if self.broken.is_set():
+            raise TransientSinkError("the database is down")
+        super().send(batch)
+
+
+def test_a_failing_sink_is_isolated_then_recovers(make_batcher, dead_letter):
+    down, fast = _BrokenSink(), MemorySink("fast")
+    batcher = make_batcher([down, fast], use_batching=False, lane_max_events=3, max_retries=2,
+                           retry_delay=0.01)
+    for n in range(50):
+        batcher.emit("E", {"n": n}, worker="w")
+    assert fast.wait_for(50, timeout=10)
+    assert batcher.flush(timeout=10).complete
+    stats = batcher.stats()["sinks"]["broken"]
+    assert stats["state"] == "failing" and stats["events_sent"] == 0 and stats["dead_lettered"] == 50
+    # the first batch spent its retries; after that one try each, or none when the lane was full
+    reasons = [r["reason"] for r in dead_letter.read()]
+    assert sorted(reasons) == ["retries_exhausted"] + ["sink_failing"] * 49
+    assert len(reasons) == 50 and down.calls <= 3 + 49
+    down.broken.clear()  # back up: the next batch goes through and the lane is healthy
+    batcher.emit("E", {"n": 50}, worker="w")
+    assert batcher.flush(timeout=10).complete
+    assert batcher.stats()["sinks"]["broken"]["state"] == "healthy"
+    assert [e.data["n"] for e in down.events] == [50]
+
+
+class _ExitingSink(MemorySink):
+    """Raises ``error`` on every call while ``failing`` (a bug: SystemExit from a sink)."""
+
+    def __init__(self, error: type[BaseException]) -> None:
+        super().__init__("exiting")
+        self.error = error
+        self.failing = True
+
+    def send(self, batch: Sequence[Event]) -> None:
+        if self.failing:
+            raise self.error("sink bug")
+        super().send(batch)
+
+
+@pytest.mark.parametrize("error", [SystemExit, KeyboardInterrupt, GeneratorExit])
+def test_any_base_exception_from_a_sink_is_a_failed_send_and_the_lane_lives(make_batcher, dead_letter, error):
+    sink = _ExitingSink(error)
+    batcher = make_batcher([sink], use_batching=False, max_retries=1, retry_delay=0.01)
+    batcher.emit("E", {"n": 0}, worker="w")
+    batcher.emit("E", {"n": 1}, worker="w")
+    result = batcher.flush(timeout=10)
+    assert (result.delivered, result.failed, result.pending) == (0, 2, 0)
+    assert {r["error"].split(":")[0] for r in dead_letter.read()} == {error.__name__}
+    sink.failing = False
+    batcher.emit("E", {"n": 2}, worker="w")
+    assert batcher.flush(timeout=10).delivered == 1  # the lane thread is alive
+    assert batcher.close(timeout=5).pending == 0
+
+
+def test_each_sink_gets_an_immutable_batch_of_its_own(make_batcher):
+    seen: list[object] = []
+
+    class Clearing(MemorySink):
+        def send(self, batch: Sequence[Event]) -> None:
+            seen.append(batch)
+            batch[:] = []  # type: ignore[index]  # would empty it for the next sink, if it could
+
+    other = MemorySink("other")
+    batcher = make_batcher([Clearing("clearing"), other], use_batching=False, max_retries=0)
+    for n in range(5):
+        batcher.emit("E", {"n": n}, worker="w")
+    assert batcher.flush(timeout=10).pending == 0
+    assert [e.data["n"] for e in other.events] == list(range(5))
+    assert seen and all(isinstance(b, tuple) for b in seen)
+
+
+def test_a_sink_whose_close_blocks_is_abandoned_at_the_deadline(make_batcher):
+    release = threading.Event()
+
+    class StuckOnClose(MemorySink):
+        def close(self, timeout: float | None = None) -> None:
+            release.wait(60)
+
+    sink = StuckOnClose("stuck")
+    batcher = make_batcher([sink], batch_timeout=0.01)
+    batcher.emit("E", worker="w")
+    assert sink.wait_for(1, timeout=5)
+    start = time.monotonic()
+    result = batcher.close(timeout=0.5)
+    assert time.monotonic() - start < 0.5 + 0.5
+    assert result.pending == 0 and sink.count == 1
+    release.set()
+
+
+def test_close_from_inside_a_sink_returns_and_a_later_close_finishes_promptly(make_batcher):
+    results = []
+
+    class Closing(MemorySink):
+        def send(self, batch: Sequence[Event]) -> None:
+            super().send(batch)
+            if not results:
+                results.append(batcher.close(timeout=10))  # from the lane thread itself
+
+    sink = Closing("closing")
+    batcher = make_batcher([sink], use_batching=False)
+    batcher.emit("E", {"n": 0}, worker="w")
+    assert _wait(lambda: bool(results), timeout=5), "close() from inside the sink did not return"
+    start = time.monotonic()
+    assert batcher.close(timeout=10).pending == 0
+    assert time.monotonic() - start < 2.0  # not the full timeout
+    assert sink.closed and [e.data["n"] for e in sink.events] == [0]
+
+
+def _thread_count() -> int:
+    return threading.active_count()
+
+
+def test_batchers_nobody_references_are_closed_and_deliver(tmp_path):
+    receivers_before = {s: len(s.receivers) for s in signals.standard_signals()}
+    threads_before = _thread_count()
+    sinks = [MemorySink(f"m{n}") for n in range(300)]
+    for n, sink in enumerate(sinks):
+        batcher = EventBatcher([sink], dead_letter=tmp_path / "dead.jsonl", name=f"orphan{n}",
+                               batch_timeout=60)
+        batcher.connect()
+        signals.job_started.send(f"w{n}", job_id=n)
+    del batcher
+    gc.collect()
+    assert all(s.wait_for(1, timeout=20) for s in sinks), "an orphaned batcher lost its event"
+    assert _wait(lambda: _thread_count() <= threads_before + 2, timeout=20), _thread_count()
+    assert {s: len(s.receivers) for s in signals.standard_signals()} == receivers_before
+    assert all(s.closed for s in sinks)
+    start = time.perf_counter()
+    signals.job_started.send("nobody", job_id=0)  # no receivers left to run
+    assert time.perf_counter() - start < 0.01
+    assert isinstance(signals.job_started, blinker.NamedSignal)
