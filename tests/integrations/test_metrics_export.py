@@ -47,7 +47,9 @@ def test_every_numeric_value_of_stats_is_exported_once(busy_batcher):
     points = read_points(stats, "jobs")
     assert stats["events_rejected"] == {"invalid": 1} and stats["dead_letter"]["written"] >= 1
     leaves = _numeric_leaves(stats)
-    assert len(points) == len(leaves), (sorted(leaves), [(p.spec.name, p.labels) for p in points])
+    states = [p for p in points if p.spec.name == "sink.state"]
+    assert len(states) == 3 * len(stats["sinks"])  # healthy, failing, hung: 1 for the current
+    assert len(points) - len(states) == len(leaves), (sorted(leaves), [(p.spec.name, p.labels) for p in points])
     assert sum(p.value for p in points if p.spec.name == "events.received") == stats["events_received"]
     assert all(dict(p.labels)["batcher"] == "jobs" for p in points)
     assert not [p for p in points if p.spec not in SPECS], "today's stats() keys are all declared"
@@ -60,7 +62,7 @@ def test_unknown_keys_of_a_newer_stats_are_exported_as_gauges():
         "events_deferred": {"backpressure": 2, "spool": 1},     # new {reason: n}
         "workers": {"thumbs": {"alive": True, "note": "ok"}},   # new nesting, text skipped
         "sinks": {"db": {"events_sent": 3, "in_flight_batches": 1, "last_error": "boom",
-                         "latency_p50_ms": None}},
+                         "latency_p50_ms": None, "state": "draining"}},
     }
     got = {(p.spec.prometheus_name, p.spec.kind, p.labels, p.value) for p in read_points(stats, "b")}
     assert got == {
@@ -71,6 +73,8 @@ def test_unknown_keys_of_a_newer_stats_are_exported_as_gauges():
         ("timelapser_workers_thumbs_alive", "gauge", (("batcher", "b"),), 1.0),
         ("timelapser_sink_events_sent", "counter", (("batcher", "b"), ("sink", "db")), 3.0),
         ("timelapser_sink_in_flight_batches", "gauge", (("batcher", "b"), ("sink", "db")), 1.0),
+        *{("timelapser_sink_state", "gauge", (("batcher", "b"), ("sink", "db"), ("state", state)),
+           float(state == "draining")) for state in ("healthy", "failing", "hung", "draining")},
     }
 
 
@@ -103,6 +107,8 @@ def test_a_prometheus_scrape_parses_and_matches_stats(busy_batcher):
     p99 = sample("timelapser_sink_delivery_latency_seconds", sink="good", quantile="0.99")
     assert math.isclose(p99, stats["sinks"]["good"]["latency_p99_ms"] / 1000.0)
     assert "last_error" not in text
+    assert sample("timelapser_sink_state", sink="good", state="healthy") == 1
+    assert sample("timelapser_sink_state", sink="good", state="hung") == 0
 
 
 def test_openmetrics_when_the_scraper_asks_for_it_carries_units(busy_batcher):

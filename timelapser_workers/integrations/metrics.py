@@ -8,6 +8,9 @@ read these points, so the two exports name, label and scale everything the same 
   the ``{reason: n}`` dicts (rejected, dropped) add ``reason``;
 - counters only go up (per process: a forked child starts from zero); gauges are levels
   (queue depth, pending events, dead letters waiting);
+- a sink's ``state`` (healthy, failing, hung) is the gauge ``sink.state``: one point per
+  state with a ``state`` label, 1 for the current one and 0 for the others (alert on
+  ``timelapser_sink_state{state="hung"} == 1``);
 - latency: ``stats()`` keeps the last 8192 delivery times per sink and reports their p50 and
   p99, so they are exported as a gauge ``sink.delivery_latency`` in seconds with a
   ``quantile`` label ("0.5", "0.99"), not as a histogram: a histogram must count every
@@ -26,6 +29,8 @@ import threading
 import weakref
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Literal, Mapping, Protocol
+
+from timelapser_workers.lane import FAILING, HEALTHY, HUNG
 
 __all__ = ["MetricSpec", "MetricPoint", "StatsSource", "SPECS", "read_points", "BatcherSet"]
 
@@ -120,10 +125,13 @@ LATENCY = MetricSpec(
     "(quantile 0.5 and 0.99).", label=None, scale=0.001,
 )
 _LATENCY_KEYS = {"latency_p50_ms": "0.5", "latency_p99_ms": "0.99"}
+STATE = MetricSpec("sink.state", "gauge", "1",
+                   "1 for the sink lane's current state (healthy, failing, hung), 0 for the others.")
+_STATES = (HEALTHY, FAILING, HUNG)
 
 #: Every declared metric (unknown keys of a newer stats() come on top, as gauges).
 SPECS: tuple[MetricSpec, ...] = (
-    *BATCHER_SPECS.values(), *DEAD_LETTER_SPECS.values(), *SINK_SPECS.values(), LATENCY,
+    *BATCHER_SPECS.values(), *DEAD_LETTER_SPECS.values(), *SINK_SPECS.values(), LATENCY, STATE,
 )
 
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_]+")
@@ -199,7 +207,11 @@ def _sink_points(stats: Any, labels: tuple[tuple[str, str], ...]) -> Iterator[Me
     if not isinstance(stats, Mapping):
         return
     for key, value in stats.items():
-        if key in _LATENCY_KEYS:
+        if key == "state" and isinstance(value, str):
+            states = _STATES if value in _STATES else (*_STATES, value)
+            for state in states:
+                yield MetricPoint(STATE, labels + (("state", state),), float(state == value))
+        elif key in _LATENCY_KEYS:
             yield from _points(LATENCY, value, labels + (("quantile", _LATENCY_KEYS[key]),))
         elif key in SINK_SPECS:
             yield from _points(SINK_SPECS[key], value, labels)
