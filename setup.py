@@ -67,7 +67,7 @@ setup(
         # PostgreSQL drivers: either works. psycopg2 is what a plain postgresql:// URL given to
         # a sink uses; psycopg 3 is chosen by postgresql+psycopg:// or by your own Engine.
         "postgres": ["psycopg2-binary>=2.9"],
-        "psycopg": ["psycopg[binary]>=3.1"],
+        "psycopg": ["psycopg[binary]>=3.2"],
         # metrics export (timelapser_workers.integrations.prometheus / .otel)
         "prometheus": ["prometheus-client>=0.17"],
         "otel": ["opentelemetry-sdk>=1.20"],
@@ -79,7 +79,7 @@ setup(
             "types-psycopg2>=2.9",
             "psycopg2-binary>=2.9",
             # both PostgreSQL drivers are tested
-            "psycopg[binary]>=3.1",
+            "psycopg[binary]>=3.2",
             # wheel + setuptools: the plugin test and the packaging test build wheels without
             # network (no build isolation)
             "wheel>=0.40",
@@ -102,7 +102,7 @@ setup(
         "bench": [
             "opentelemetry-sdk>=1.26",
             "psycopg2-binary>=2.9",
-            "psycopg[binary]>=3.1",
+            "psycopg[binary]>=3.2",
             "psutil>=5.9",
             "pyinstrument>=4.6",
         ],
