@@ -97,7 +97,8 @@ setup(
             "opentelemetry-sdk>=1.20",
             "structlog>=23.1",
         ],
-        "examples": ["Pillow>=10"],
+        # the example workers and the demo's JPEG frames; structlog for examples/structlog_logging.py
+        "examples": ["Pillow>=10", "structlog>=23.1"],
         # benchmark peers and profilers; bench/ only, never imported by the library or tests
         "bench": [
             "opentelemetry-sdk>=1.26",

@@ -23,6 +23,7 @@ def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         ("overlay_worker.py", r"stamped 8 frames; 1 job failed permanently"),
         ("scheduler_worker.py", r"captured \d+ frames; thumbnails \d+, overlays \d+"),
         ("custom_sink.py", r"50 rows written in \d+ batches"),
+        ("structlog_logging.py", r"4 records stored, 2 from cam3"),
     ],
 )
 def test_example_runs_directly(script, expect):
