@@ -71,15 +71,22 @@ setup(
         # metrics export (timelapser_workers.integrations.prometheus / .otel)
         "prometheus": ["prometheus-client>=0.17"],
         "otel": ["opentelemetry-sdk>=1.20"],
+        # the Redis Streams sink and source (timelapser_workers.sinks.redis, .sources.redis)
+        "redis": ["redis>=5.0"],
         "test": [
             "pytest>=7",
             "pytest-timeout>=2.1",
             # `run.py typecheck` (in .ci/run): mypy --strict on the package
             "mypy>=1.10",
             "types-psycopg2>=2.9",
+            # tests/faults/test_celery.py: a real prefork worker on the Redis broker
+            "celery>=5.3",
+            "redis>=5",
             "psycopg2-binary>=2.9",
             # both PostgreSQL drivers are tested
             "psycopg[binary]>=3.2",
+            # the Redis Streams sink and source, against the server at 127.0.0.1:6379
+            "redis>=5.0",
             # wheel + setuptools: the plugin test and the packaging test build wheels without
             # network (no build isolation)
             "wheel>=0.40",
@@ -106,6 +113,7 @@ setup(
             "psycopg[binary]>=3.2",
             "psutil>=5.9",
             "pyinstrument>=4.6",
+            "redis>=5.0",
         ],
     },
     entry_points={
@@ -116,6 +124,8 @@ setup(
             "postgresql = timelapser_workers.sinks.database:DatabaseSink",
             "log = timelapser_workers.sinks.log:LogSink",
             "sse = timelapser_workers.sinks.sse:SSESink",
+            "redis = timelapser_workers.sinks.redis:RedisStreamSink",
+            "rediss = timelapser_workers.sinks.redis:RedisStreamSink",
         ],
     },
 )

@@ -6,6 +6,7 @@ from timelapser_workers.aggregation import AggregationPolicy
 from timelapser_workers.batcher import EventBatcher, FlushResult
 from timelapser_workers.broadcaster import SSEBroadcaster
 from timelapser_workers.default import get_default_batcher, set_default_batcher
+from timelapser_workers.lifecycle import close_all, flush_all
 from timelapser_workers.worker import PermanentJobError, RetryPolicy, ThreadWorker
 from timelapser_workers.config import BatcherConfig
 from timelapser_workers.contract import BaseSink, Sink
@@ -30,6 +31,8 @@ __all__ = [
     "SSEBroadcaster",
     "get_default_batcher",
     "set_default_batcher",
+    "flush_all",
+    "close_all",
     "FlushResult",
     "BatcherConfig",
     "AggregationPolicy",

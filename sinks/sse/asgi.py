@@ -59,7 +59,8 @@ class SSEAsgiApp:
     """An ASGI app that serves the hub's events as ``text/event-stream``.
 
     Takes the hub and the :class:`SSEEndpoint` options, or a ready ``endpoint``. The
-    authorization hook runs in a worker thread, so it may block (e.g. a database look-up).
+    authorization hook runs in a worker thread, so it may block (e.g. a database look-up);
+    so does opening a stream on a hub with a backing log (a resume may read it).
     """
 
     def __init__(self, hub: SSEHub | None = None, *, endpoint: SSEEndpoint | None = None, **options: Any) -> None:
@@ -72,7 +73,7 @@ class SSEAsgiApp:
         if scope["type"] != "http":
             raise ValueError(f"SSEAsgiApp serves http only, not {scope['type']!r}")
         request = request_from_scope(scope)
-        if self.endpoint.authorize is None:
+        if self.endpoint.authorize is None and self.endpoint.hub.backing_log is None:
             result = self.endpoint.open(request)
         else:
             result = await asyncio.to_thread(self.endpoint.open, request)

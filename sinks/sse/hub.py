@@ -9,6 +9,12 @@ A client resuming with an id that is in the replay buffer gets exactly the event
 once each, in order, with no gap between the replay and the live stream (both happen under
 the hub's lock). An id the buffer no longer holds (or never held) gets an in-band
 ``stream-reset`` event first, then everything the buffer still has.
+
+A hub fed from a shared log (a Redis stream, see :mod:`timelapser_workers.sources.redis`) can
+be given that log as its :class:`BackingLog`: a resume id the buffer does not hold is then looked
+up there (outside the hub's lock), so a client that moves to another web process with its
+``Last-Event-ID`` gets exactly what it missed, and ``stream-reset`` only when the log has lost it
+too. :meth:`SSEHub.reset_stream` tells every client that events were lost upstream.
 """
 
 from __future__ import annotations
@@ -18,12 +24,13 @@ import dataclasses
 import itertools
 import logging
 import threading
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
+from timelapser_workers.sinks.sse.backing_log import Backlog, BackingLog
 from timelapser_workers.sinks.sse.framing import event_frame
 from timelapser_workers.events import Event
 
-__all__ = ["SSEHub", "SSEClient", "Subscription", "HubFullError", "STREAM_RESET"]
+__all__ = ["SSEHub", "SSEClient", "Subscription", "HubFullError", "STREAM_RESET", "BackingLog", "Backlog"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +40,13 @@ STREAM_RESET = "stream-reset"
 
 class HubFullError(Exception):
     """The hub already has ``max_clients`` clients."""
+
+
+class _Backfill(NamedTuple):
+    """A backing log's answer, framed outside the hub's lock: (SSE id, record, frame) each."""
+
+    framed: list[tuple[str, Mapping[str, Any], bytes]]
+    lost: str | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +158,7 @@ class SSEHub:
     ``max_clients``: :meth:`subscribe` raises :class:`HubFullError` beyond it (HTTP 503).
     ``named_events``: send each event with ``event: <type>`` (listen with addEventListener);
     by default events arrive as plain messages (``onmessage``) carrying their type in the JSON.
+    ``backing_log``: see :class:`BackingLog` (a source may attach itself later).
     """
 
     def __init__(
@@ -153,6 +168,7 @@ class SSEHub:
         client_queue_events: int = 1000,
         max_clients: int = 1000,
         named_events: bool = False,
+        backing_log: BackingLog | None = None,
     ) -> None:
         for name, value in (
             ("replay_events", replay_events),
@@ -165,6 +181,8 @@ class SSEHub:
         self.client_queue_events = client_queue_events
         self.max_clients = max_clients
         self.named_events = named_events
+        #: Asked for resume ids the replay buffer does not hold (None: they get stream-reset).
+        self.backing_log = backing_log
         self._lock = threading.Lock()
         self._replay: collections.deque[_Entry] = collections.deque()
         self._index: dict[str, int] = {}  # event id -> seq, for what the replay buffer holds
@@ -184,6 +202,9 @@ class SSEHub:
                 "clients_closed_by_server": 0,
                 "resumes": 0,
                 "stream_resets": 0,
+                "resumes_from_backing_log": 0,
+                "backing_log_errors": 0,
+                "upstream_resets": 0,
             }
         )
 
@@ -192,18 +213,22 @@ class SSEHub:
         """Fan ``events`` out (in order) to every matching client; return how many were new."""
         return self.publish_records([e.to_dict() for e in events])
 
-    def publish_records(self, records: Sequence[Mapping[str, Any]]) -> int:
+    def publish_records(self, records: Sequence[Mapping[str, Any]], ids: Sequence[str] | None = None) -> int:
         """Like :meth:`publish` for records shaped like ``Event.to_dict()`` (e.g. table rows).
+
+        ``ids``: the SSE ids, one per record (default: each record's ``"id"``); a source whose
+        log has ids of its own (a Redis stream's entry ids) sends those, so they can come back
+        as ``Last-Event-ID`` to any process reading the same log.
 
         An id already in the replay buffer is skipped (counted in ``duplicates_skipped``), so
         one hub can be fed by a local SSESink and a DatabaseEventSource without doubles.
         """
+        if ids is not None and len(ids) != len(records):
+            raise ValueError(f"publish_records got {len(ids)} ids for {len(records)} records; give one id per record")
         entries = []
-        for record in records:
-            event_id = str(record["id"])
-            frame = event_frame(
-                dict(record), id=event_id, event=str(record["type"]) if self.named_events else None
-            )
+        for i, record in enumerate(records):
+            event_id = str(record["id"]) if ids is None else ids[i]
+            frame = self._frame(event_id, record)
             entries.append((event_id, frame, record.get("worker"), record.get("source"), record["type"]))
         slow: list[SSEClient] = []
         published = 0
@@ -240,6 +265,9 @@ class SSEHub:
                 client._signal()
         return published
 
+    def _frame(self, sse_id: str, record: Mapping[str, Any]) -> bytes:
+        return event_frame(dict(record), id=sse_id, event=str(record["type"]) if self.named_events else None)
+
     def _remember(self, entry: _Entry) -> None:
         self._replay.append(entry)
         self._index[entry.id] = entry.seq
@@ -253,9 +281,17 @@ class SSEHub:
     ) -> SSEClient:
         """Register a client; with ``last_event_id``, queue what it missed (or a stream-reset).
 
+        An id the replay buffer does not hold is looked up in the backing log, if there is one
+        (this may block on the log's I/O, never under the hub's lock).
         Raises :class:`HubFullError` when ``max_clients`` are connected, RuntimeError when closed.
         """
         subscription = subscription or Subscription()
+        backlog: _Backfill | None = None
+        if last_event_id is not None and self.backing_log is not None:
+            with self._lock:
+                held = last_event_id in self._index
+            if not held:  # (an id evicted between this look and the lock below gets stream-reset)
+                backlog = self._read_backing_log(last_event_id)
         with self._lock:
             if self._closed:
                 raise RuntimeError("SSEHub is closed")
@@ -268,9 +304,11 @@ class SSEHub:
                 self._stats["resumes"] += 1
                 client.max_queue = self.client_queue_events + len(self._replay) + 1
                 after = self._index.get(last_event_id)
+                if after is None and backlog is not None:
+                    after = self._splice_backlog(client, last_event_id, backlog)
                 if after is None:
                     self._stats["stream_resets"] += 1
-                    client._push(self._reset_frame(last_event_id))
+                    client._push(self._reset_frame(last_event_id, backlog.lost if backlog else None))
                     after = 0
                 for entry in self._replay:
                     if entry.seq > after and subscription.matches(entry.worker, entry.source, entry.type):
@@ -282,15 +320,64 @@ class SSEHub:
             client._signal()
         return client
 
-    def _reset_frame(self, last_event_id: str) -> bytes:
+    def _read_backing_log(self, last_event_id: str) -> "_Backfill":
+        """Ask the backing log (outside the lock) and frame its entries; a failure counts as lost."""
+        assert self.backing_log is not None
+        try:
+            backlog = self.backing_log.read_after(last_event_id)
+            if backlog.lost is not None:
+                return _Backfill([], backlog.lost)
+            return _Backfill([(sid, rec, self._frame(sid, rec)) for sid, rec in backlog.entries], None)
+        except Exception as exc:
+            with self._lock:
+                self._stats["backing_log_errors"] += 1
+            log.warning("SSE backing log failed for Last-Event-ID %r: %s", last_event_id, exc)
+            return _Backfill([], f"the backing log failed: {type(exc).__name__}: {exc}"[:300])
+
+    def _splice_backlog(self, client: SSEClient, last_event_id: str, backfill: "_Backfill") -> int | None:
+        """(Lock held.) Queue the backing log's entries; return the seq the replay buffer goes
+        on after, or None when the log lost them or the buffer no longer holds their last one."""
+        if backfill.lost is not None:
+            return None
+        through = backfill.framed[-1][0] if backfill.framed else last_event_id
+        after = self._index.get(through)
+        if after is None:  # the buffer moved past it meanwhile, or never had it
+            return None
+        client.max_queue += len(backfill.framed)
+        sub = client.subscription
+        for _sid, record, frame in backfill.framed:
+            if sub.matches(record.get("worker"), record.get("source"), record.get("type")):
+                client._push(frame)
+        self._stats["resumes_from_backing_log"] += 1
+        return after
+
+    def _reset_frame(self, last_event_id: str, lost: str | None = None) -> bytes:
         oldest = self._replay[0].id if self._replay else None
         data = {
-            "reason": "last event id is not in the replay buffer (expired or unknown)",
+            "reason": lost or "last event id is not in the replay buffer (expired or unknown)",
             "last_event_id": last_event_id,
             "oldest_available_id": oldest,
             "replay_events": self.replay_events,
         }
         return event_frame(data, event=STREAM_RESET)
+
+    def reset_stream(self, reason: str, **details: Any) -> int:
+        """Events were lost upstream: forget the replay buffer and send every client a
+        ``stream-reset`` event (data: ``reason`` and ``details``), so browsers reload their state
+        instead of silently missing events. Returns how many clients were told.
+        """
+        frame = event_frame({"reason": reason, **details}, event=STREAM_RESET)
+        with self._lock:
+            self._replay.clear()
+            self._index.clear()
+            self._stats["upstream_resets"] += 1
+            clients = [c for c in self._clients if c.closed_reason is None]
+            slow = [c for c in clients if not c._push(frame)]
+            for client in slow:
+                self._close_locked(client, "slow")
+        for client in clients:
+            client._signal()
+        return len(clients) - len(slow)
 
     def unsubscribe(self, client: SSEClient) -> None:
         """Forget ``client`` and its pending frames (idempotent)."""

@@ -37,7 +37,7 @@ class SSESink(BaseSink):
         max_clients: int = 1000,
         named_events: bool = False,
     ) -> None:
-        options = {
+        options: dict[str, Any] = {
             "replay_events": replay_events,
             "client_queue_events": client_queue_events,
             "max_clients": max_clients,

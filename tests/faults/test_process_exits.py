@@ -141,3 +141,40 @@ def test_misbehaving_sinks_neither_lose_events_nor_keep_the_process_alive(tmp_pa
     dead = dead_letters(tmp_path / "dead.jsonl")
     assert sorted(m["id"] for r in dead for m in [r["event"]]) and {r["sink"] for r in dead} == {"exiting"}
     assert sum(r["event"]["batch_count"] for r in dead) == 200  # every event, the later ones too
+
+
+_CTRL_C_PROGRAM = """
+    import sys, time
+    from timelapser_workers import EventBatcher
+    from timelapser_workers.sinks.database import DatabaseSink
+
+    class Slow(DatabaseSink):            # 0.3 s a batch: ten batches take three seconds
+        def send(self, batch):
+            time.sleep(0.3)
+            super().send(batch)
+
+    batcher = EventBatcher([Slow("sqlite:///events.db")], use_batching=False, dead_letter="dead.jsonl")
+    for n in range(10):
+        batcher.emit("JOB_STARTED", {"job_id": n}, worker="camera-1")
+    print("closing", flush=True)
+    try:
+        batcher.close(timeout=60)
+        print("not interrupted", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+    start = time.monotonic()
+    result = batcher.close(timeout=60)   # finishes the same close, without waiting 60 s
+    print(f"second close {time.monotonic() - start:.1f} pending {result.pending}", flush=True)
+"""
+
+
+def test_ctrl_c_during_close_leaves_a_close_that_finishes_promptly(tmp_path: Path) -> None:
+    with Program(_CTRL_C_PROGRAM, tmp_path) as program:
+        program.wait_for_line("closing")
+        time.sleep(0.5)  # inside close(), with most batches still to send
+        program.proc.send_signal(signal.SIGINT)
+        assert program.wait(timeout=30) == 0, program.stderr()
+    assert program.lines[1] == "interrupted"
+    seconds, pending = program.lines[2].split()[2], program.lines[2].split()[4]
+    assert float(seconds) < 5.0 and pending == "0"  # the rest of the work, not the 60 s timeout
+    assert sqlite_rows(tmp_path / "events.db") == 10
