@@ -5,8 +5,6 @@ examples/dashboard/serve.py as a user runs it: the page, /stats and a Prometheus
 from __future__ import annotations
 
 import json
-import re
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -15,17 +13,15 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.app.serving import finish_served, start_served
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_examples_dashboard_serves_page_stats_and_metrics():
-    proc = subprocess.Popen(
-        [sys.executable, "examples/dashboard/serve.py", "--port", "0", "--duration", "3", "--rate", "50"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    proc, url = start_served(
+        [sys.executable, "examples/dashboard/serve.py", "--port", "0", "--duration", "3", "--rate", "50"], cwd=ROOT)
     try:
-        first = proc.stdout.readline()
-        url = re.search(r"dashboard: (http://127\.0\.0\.1:\d+)/", first).group(1)
         with urllib.request.urlopen(url + "/", timeout=10) as page:
             assert "EventSource" in page.read().decode()
         with urllib.request.urlopen(url + "/stats", timeout=10) as response:
@@ -45,10 +41,6 @@ def test_examples_dashboard_serves_page_stats_and_metrics():
         with pytest.raises(urllib.error.HTTPError) as missing:
             urllib.request.urlopen(url + "/nope", timeout=10)
         assert missing.value.code == 404 and "/metrics" in missing.value.read().decode()
-        out, err = proc.communicate(timeout=30)
-        assert proc.returncode == 0, out + err
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=10)
+        finish_served(proc)
 

@@ -29,6 +29,7 @@ import pytest
 from packaging.requirements import Requirement
 
 import timelapser_workers
+from tests.app.serving import SERVED_DEMO_LINE, finish_served, start_served
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ("setup.py", "pyproject.toml", "README.md", "LICENSE", "CHANGELOG.md", "timelapser_workers", "sinks")
@@ -149,29 +150,14 @@ def test_the_demo_runs_from_the_wheel_without_pillow(installed: Installed) -> No
 
 
 def _serve(installed: Installed, extras: bool) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        installed.command("timelapser-workers", "demo", "--serve", "--port", "0", "--duration", "3",
-                          "--period", "0.4"),
-        cwd=installed.home, env=installed.env(extras), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    first = proc.stdout.readline() if proc.stdout else ""
-    match = re.search(r"dashboard: (http://127\.0\.0\.1:\d+)/", first)
-    if match is None:
-        proc.kill()
-        out, err = proc.communicate(timeout=10)
-        pytest.fail(f"no dashboard line: {first!r}\n{out}\n{err}")
-    return proc, match.group(1)
+    return start_served(installed.command("timelapser-workers", "demo", "--serve", "--port", "0", "--duration", "3",
+                                          "--period", "0.4"), cwd=installed.home, env=installed.env(extras))
 
 
-def _finish(proc: subprocess.Popen[str]) -> tuple[str, str]:
-    try:
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=10)
-    assert proc.returncode == 0, out + err
-    assert re.search(r"served \d+ events; \d+ browser connection\(s\); lost 0", out), out
-    return out, err
+def _finish(proc: subprocess.Popen[str]) -> str:
+    out, err = finish_served(proc)
+    assert re.search(SERVED_DEMO_LINE, out), out
+    return err
 
 
 def test_the_dashboard_runs_from_the_wheel_and_says_what_metrics_need(installed: Installed) -> None:
@@ -199,5 +185,5 @@ def test_the_dashboard_from_the_wheel_serves_metrics_with_the_extras(installed: 
         assert received.type == "counter"
         assert [s.labels for s in received.samples if s.name.endswith("_total")] == [{"batcher": "demo-batched"}]
     finally:
-        _, err = _finish(proc)
+        err = _finish(proc)
     assert "JPEG through Pillow" in err

@@ -88,16 +88,20 @@ def _check_rows(rows: list[tuple[Any, ...]], records: list[logging.LogRecord]) -
         assert ("RuntimeError: disk full" in (exc_text or "")) == (message == "capture crashed")
 
 
-def test_postgresql_keeps_context_as_jsonb_queryable_with_arrows(postgres_url, pg_conn, unique_name, app_logger, tmp_path):
-    log, recorder = app_logger
-    handler = BatchingDatabaseHandler(postgres_url, table=unique_name, batch_timeout=0.05,
-                                      dead_letter=tmp_path / "dead.jsonl")
+def _log_everything_into(url: str, table: str, log: logging.Logger, tmp_path: Path) -> None:
+    handler = BatchingDatabaseHandler(url, table=table, batch_timeout=0.05, dead_letter=tmp_path / "dead.jsonl")
     log.addHandler(handler)
     try:
         _log_everything(log)
     finally:
         log.removeHandler(handler)
         handler.close(5)
+    assert handler.submitted == len(EXPECTED) and handler.dropped == 0
+
+
+def test_postgresql_keeps_context_as_jsonb_queryable_with_arrows(postgres_url, pg_conn, unique_name, app_logger, tmp_path):
+    log, recorder = app_logger
+    _log_everything_into(postgres_url, unique_name, log, tmp_path)
     try:
         with pg_conn.cursor() as cur:
             cur.execute(f"SELECT level, levelno, message, extra, created_at, exc_text FROM {unique_name} ORDER BY id")
@@ -118,13 +122,7 @@ def test_postgresql_keeps_context_as_jsonb_queryable_with_arrows(postgres_url, p
 def test_sqlite_keeps_context_as_json_text(tmp_path: Path, app_logger):
     log, recorder = app_logger
     path = tmp_path / "logs.db"
-    handler = BatchingDatabaseHandler(f"sqlite:///{path}", batch_timeout=0.05, dead_letter=tmp_path / "dead.jsonl")
-    log.addHandler(handler)
-    try:
-        _log_everything(log)
-    finally:
-        log.removeHandler(handler)
-        handler.close(5)
+    _log_everything_into(f"sqlite:///{path}", "logs", log, tmp_path)
     conn = sqlite3.connect(path)
     rows = conn.execute("SELECT level, levelno, message, extra, created_at, exc_text FROM logs ORDER BY id").fetchall()
     assert conn.execute("SELECT json_extract(extra, '$.job_id') FROM logs WHERE json_extract(extra, '$.camera') = 'cam4'"
