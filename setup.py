@@ -1,14 +1,54 @@
 """Packaging for timelapser-workers. Built-in sinks register through the same entry points as
-third-party ones, so `timelapser-workers sinks` lists both the same way."""
+third-party ones, so `timelapser-workers sinks` lists both the same way.
+
+The version lives in timelapser_workers/_version.py alone (read here as text: building must
+not import the package, whose dependencies may not be installed yet)."""
+
+import re
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
+HERE = Path(__file__).resolve().parent
+VERSION = re.search(r'^__version__ = "([^"]+)"$',
+                    (HERE / "timelapser_workers" / "_version.py").read_text(encoding="utf-8"), re.M)
+if VERSION is None:
+    raise SystemExit("setup.py: no __version__ = \"...\" line in timelapser_workers/_version.py")
+
+# Placeholder: the project has no public repository yet; these URLs name where it would live.
+REPOSITORY = "https://github.com/timelapser-workers/timelapser-workers"
+
 setup(
     name="timelapser-workers",
-    version="0.1.0",
+    version=VERSION.group(1),
     description="Event batching for thread-based workers: blinker signals in, batched sinks out.",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
+    author="timelapser-workers contributors",
+    license="MIT",
+    license_files=["LICENSE"],
+    url=REPOSITORY,
+    project_urls={
+        "Source": REPOSITORY,
+        "Changelog": f"{REPOSITORY}/blob/main/CHANGELOG.md",
+        "Issues": f"{REPOSITORY}/issues",
+    },
+    keywords=["events", "batching", "workers", "blinker", "server-sent events", "sqlalchemy"],
+    classifiers=[
+        "Development Status :: 4 - Beta",
+        "Intended Audience :: Developers",
+        "Operating System :: POSIX",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
+        "Topic :: Database",
+        "Topic :: Internet :: WWW/HTTP",
+        "Topic :: System :: Monitoring",
+        "Typing :: Typed",
+    ],
     python_requires=">=3.10",
     # The repository's top-level sinks/ folder installs as timelapser_workers.sinks: a user's
     # own `sinks` module can never shadow the library's, and no `sinks` package is installed.
@@ -16,7 +56,8 @@ setup(
     + ["timelapser_workers.sinks." + p for p in find_packages("sinks")]
     + ["timelapser_workers.sinks"],
     package_dir={"timelapser_workers.sinks": "sinks"},
-    package_data={"timelapser_workers": ["py.typed"]},
+    # the dashboard page ships inside the package: the demo and --serve run from a plain install
+    package_data={"timelapser_workers": ["py.typed"], "timelapser_workers.app": ["static/*"]},
     install_requires=[
         "SQLAlchemy>=2.0,<3",
         "blinker>=1.6",
@@ -26,7 +67,13 @@ setup(
         "orjson>=3.9",
     ],
     extras_require={
+        # PostgreSQL drivers: either works. psycopg2 is what a plain postgresql:// URL given to
+        # a sink uses; psycopg 3 is chosen by postgresql+psycopg:// or by your own Engine.
         "postgres": ["psycopg2-binary>=2.9"],
+        "psycopg": ["psycopg[binary]>=3.2"],
+        # metrics export (timelapser_workers.integrations.prometheus / .otel)
+        "prometheus": ["prometheus-client>=0.17"],
+        "otel": ["opentelemetry-sdk>=1.20"],
         # the Redis Streams sink and source (timelapser_workers.sinks.redis, .sources.redis)
         "redis": ["redis>=5.0"],
         "test": [
@@ -39,22 +86,34 @@ setup(
             "celery>=5.3",
             "redis>=5",
             "psycopg2-binary>=2.9",
+            # both PostgreSQL drivers are tested
+            "psycopg[binary]>=3.2",
             # the Redis Streams sink and source, against the server at 127.0.0.1:6379
             "redis>=5.0",
-            # wheel: the plugin test builds a small distribution and installs it
+            # wheel + setuptools: the plugin test and the packaging test build wheels without
+            # network (no build isolation)
             "wheel>=0.40",
+            "setuptools>=68",
             # SSE tests only: a real ASGI server, and a websocket client to drive headless Chromium.
             "uvicorn>=0.23",
             "websocket-client>=1.6",
             # README's mounting examples, tested: Flask (WSGI) and Starlette (what FastAPI mounts with).
             "flask>=2.2",
             "starlette>=0.27",
+            # the integrations, tested against the real thing: a Django project, a Prometheus
+            # scrape, an OpenTelemetry reader, structlog's bound context in the log table
+            "Django>=4.2",
+            "prometheus-client>=0.17",
+            "opentelemetry-sdk>=1.20",
+            "structlog>=23.1",
         ],
-        "examples": ["Pillow>=10"],
+        # the example workers and the demo's JPEG frames; structlog for examples/structlog_logging.py
+        "examples": ["Pillow>=10", "structlog>=23.1"],
         # benchmark peers and profilers; bench/ only, never imported by the library or tests
         "bench": [
             "opentelemetry-sdk>=1.26",
             "psycopg2-binary>=2.9",
+            "psycopg[binary]>=3.2",
             "psutil>=5.9",
             "pyinstrument>=4.6",
             "redis>=5.0",

@@ -4,8 +4,9 @@
     python bench/bench_db.py [--events 20000] [--batch 500] [--postgres URL]
 
 PostgreSQL (TIMELAPSER_TEST_POSTGRES_URL or --postgres, default postgresql://postgres@127.0.0.1/test):
-  DatabaseSink (COPY)  vs  DatabaseSink (multi-row INSERT)  vs  a raw psycopg2 COPY loop  vs
-  one INSERT + commit per event (the seed's way). Target: the sink >= 0.5x the raw COPY loop.
+  DatabaseSink (COPY)  vs  DatabaseSink (multi-row INSERT)  vs  a raw COPY loop  vs
+  one INSERT + commit per event (the seed's way), through psycopg2 and through psycopg 3
+  (cursor.copy()). Target: the sink >= 0.5x the raw COPY loop of its driver.
 SQLite (a temporary file, WAL): DatabaseSink vs raw sqlite3 executemany in WAL.
 bulk_upsert vs one upsert statement per row, on both.
 Each contestant writes the same events into its own fresh events table (same schema, same
@@ -70,8 +71,14 @@ def print_table(title: str, rows: list[tuple[str, float]], base: str) -> None:
         print(f"  {name:<42} {rate:>12,.0f} {rate / ref:>21.2f}x")
 
 
+def with_driver(url: str, driver: str) -> str:
+    scheme, rest = url.split("://", 1)
+    return f"{scheme.split('+')[0]}+{driver}://{rest}"
+
+
 def bench_postgres(url: str, n: int, batch: int, repeat: int) -> None:
-    engine = create_sink_engine(url, application_name="timelapser-bench")
+    engine = create_sink_engine(with_driver(url, "psycopg2"), application_name="timelapser-bench")
+    engine3 = create_sink_engine(with_driver(url, "psycopg"), application_name="timelapser-bench")
     events = make_events(n)
     batches = chunks(events, batch)
     tables: list[str] = []
@@ -81,9 +88,9 @@ def bench_postgres(url: str, n: int, batch: int, repeat: int) -> None:
         state["t"] = fresh_events_table(engine)
         tables.append(state["t"])
 
-    def sink_run(use_copy: bool) -> Callable[[], None]:
+    def sink_run(use_copy: bool, on: sa.Engine = engine) -> Callable[[], None]:
         def run() -> None:
-            sink = DatabaseSink(engine, table=state["t"], use_copy=use_copy, create_table=False)
+            sink = DatabaseSink(on, table=state["t"], use_copy=use_copy, create_table=False)
             for b in batches:
                 sink.send(b)
         return run
@@ -94,6 +101,17 @@ def bench_postgres(url: str, n: int, batch: int, repeat: int) -> None:
             cur = raw.cursor()
             for b in batches:
                 cur.copy_expert(f"COPY {state['t']} ({COLS}) FROM STDIN", copy_buffer(b))
+                raw.commit()
+        finally:
+            raw.close()
+
+    def raw_copy3() -> None:
+        raw = engine3.raw_connection()
+        try:
+            cur = raw.cursor()
+            for b in batches:
+                with cur.copy(f"COPY {state['t']} ({COLS}) FROM STDIN") as copy:
+                    copy.write(copy_buffer(b).getvalue())
                 raw.commit()
         finally:
             raw.close()
@@ -117,6 +135,9 @@ def bench_postgres(url: str, n: int, batch: int, repeat: int) -> None:
             ("raw psycopg2 COPY loop (1 commit/batch)", timed(raw_copy, n, repeat, new_table)),
             ("DatabaseSink COPY", timed(sink_run(True), n, repeat, new_table)),
             ("DatabaseSink multi-row INSERT", timed(sink_run(False), n, repeat, new_table)),
+            ("raw psycopg 3 COPY loop (1 commit/batch)", timed(raw_copy3, n, repeat, new_table)),
+            ("DatabaseSink COPY, psycopg 3", timed(sink_run(True, engine3), n, repeat, new_table)),
+            ("DatabaseSink multi-row INSERT, psycopg 3", timed(sink_run(False, engine3), n, repeat, new_table)),
             ("INSERT + commit per event (seed)", timed(per_row_commit, max(1, n // 10), repeat, new_table)),
         ]
         print_table(f"PostgreSQL: {n} events in batches of {batch}", results, "raw psycopg2 COPY loop (1 commit/batch)")
@@ -133,6 +154,7 @@ def bench_postgres(url: str, n: int, batch: int, repeat: int) -> None:
         for t in tables:
             drop_table(engine, t)
         engine.dispose()
+        engine3.dispose()
 
 
 def bench_sqlite(n: int, batch: int, repeat: int) -> None:

@@ -18,7 +18,7 @@ made before the clock starts. Contenders alternate round by round; medians are p
 - raw executemany (SQLite)  sqlite3 alone, WAL, synchronous=NORMAL (as the sink sets it),
                 executemany + commit per 500.
 
-Target 4, the timelapse scenario: timelapser_workers.app.demo.run_once (the three example workers
+Target 4, the timelapse scenario: timelapser_workers.app.demo.run_once (the demo's three workers
 on a bursty workload: every camera due at once each period), batched and one by one, alternating,
 several rounds per database. Counts come from the sinks' stats and the table itself.
 """
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib
 import io
 import json
 import logging
@@ -224,23 +223,8 @@ def target_3(verdicts: Verdicts, rounds: int, n: int, pg_url: str | None, tmp: s
 
 
 # --- target 4: the timelapse scenario ---------------------------------------------------------
-def _load_examples() -> None:
-    """Import the example workers with examples/common.py as their ``common`` (this script's
-    own ``common`` module has the same name), so demo.run_once finds them imported."""
-    from timelapser_workers.app.demo import EXAMPLES
-
-    ours = sys.modules.pop("common")
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        importlib.import_module("scheduler_worker")
-    finally:
-        sys.modules.pop("common", None)
-        sys.modules["common"] = ours
-
-
 def target_4(verdicts: Verdicts, rounds: int, duration: float, dbs: list[str], pg_url: str | None,
              tmp: str, cameras: int, period: float) -> list[str]:
-    _load_examples()
     timeout_ms = BatcherConfig.resolve().batch_timeout * 1000.0
     bound = timeout_ms + 50.0
     tables = []

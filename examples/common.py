@@ -1,37 +1,16 @@
-"""Shared by the examples: sample frames drawn with Pillow, and an in-process job inbox."""
+"""Shared by the examples: sample frames drawn with Pillow, and an in-process job inbox (the
+one the demo's workers use: a thread-safe queue that ThreadWorker.fetch_jobs takes from)."""
 
 from __future__ import annotations
 
-import queue
 import random
 from pathlib import Path
-from typing import Any
 
 from PIL import Image, ImageDraw
 
+from timelapser_workers.app.demo_workers import Inbox
+
 __all__ = ["Inbox", "make_frame", "make_sample_frames"]
-
-
-class Inbox:
-    """A thread-safe job queue that ThreadWorker.fetch_jobs can take from."""
-
-    def __init__(self) -> None:
-        self._q: queue.Queue[Any] = queue.Queue()
-
-    def put(self, job: Any) -> None:
-        self._q.put(job)
-
-    def take(self, limit: int) -> list[Any]:
-        jobs: list[Any] = []
-        while len(jobs) < limit:
-            try:
-                jobs.append(self._q.get_nowait())
-            except queue.Empty:
-                break
-        return jobs
-
-    def __len__(self) -> int:
-        return self._q.qsize()
 
 
 def make_frame(path: Path, seed: int, size: tuple[int, int] = (640, 480)) -> Path:

@@ -6,7 +6,7 @@
     sink = DatabaseSink("postgresql://app@db/app", table="job_events")
     sink = DatabaseSink(my_engine)                              # yours; we never dispose it
 
-What one batch costs: on PostgreSQL through psycopg2, one ``COPY ... FROM STDIN`` and a commit
+What one batch costs: on PostgreSQL (psycopg2 or psycopg 3), one ``COPY ... FROM STDIN`` and a commit
 (a retried batch whose rows are partly there already goes through a temporary table and
 ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``); on SQLite, one ``executemany`` of tuples; on
 other drivers, one multi-row ``INSERT ... ON CONFLICT (event_id) DO NOTHING`` (the writers:
@@ -59,7 +59,7 @@ class DatabaseSink(BaseSink):
 
     ``target``: a SQLAlchemy URL (string or URL; we make the Engine and dispose it at close)
     or an Engine (yours: never disposed by us). ``create_table``: create the table and its
-    indexes if missing. ``use_copy``: on PostgreSQL through psycopg2, write with COPY (else
+    indexes if missing. ``use_copy``: on PostgreSQL (psycopg2 or psycopg 3), write with COPY (else
     multi-row INSERT). ``notify_channel``: on PostgreSQL, ``pg_notify(channel, table)`` in the
     same transaction as each batch that stored rows (None: no notification).
     """

@@ -1,6 +1,7 @@
 """timelapser-workers: blinker signals in, batched, retried, dead-lettered delivery out."""
 
 from timelapser_workers import signals
+from timelapser_workers._version import __version__
 from timelapser_workers.aggregation import AggregationPolicy
 from timelapser_workers.batcher import EventBatcher, FlushResult
 from timelapser_workers.broadcaster import SSEBroadcaster
@@ -22,6 +23,7 @@ from timelapser_workers.errors import (
 from timelapser_workers.events import STANDARD_EVENT_TYPES, Event, Priority, make_event
 
 __all__ = [
+    "__version__",
     "EventBatcher",
     "ThreadWorker",
     "RetryPolicy",

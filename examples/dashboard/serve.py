@@ -2,60 +2,32 @@
 
     .venv/bin/python examples/dashboard/serve.py [--port 8765] [--duration 0] [--workers 3]
 
-Then open http://127.0.0.1:8765/ . The page (index.html beside this file) is plain JavaScript
-with EventSource; this server gives it ``/events`` (the SSE stream), ``/stats`` (the batcher's
-and the hub's counters as JSON) and ``/`` (the page). ``make_app`` and ``SampleWorkers`` are
-what ``timelapser-workers demo --serve`` reuses.
+Then open http://127.0.0.1:8765/ . The web app is the package's own
+(``timelapser_workers.app.dashboard.make_app``, also behind ``timelapser-workers demo --serve``):
+``/`` the page (plain JavaScript with EventSource), ``/events`` the SSE stream, ``/stats`` the
+batcher's and the hub's counters as JSON, ``/metrics`` the same counters for Prometheus (with
+the ``prometheus`` extra installed). This script adds a few sample workers.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # runs directly from a checkout, like every example
     sys.path.insert(0, str(ROOT))
 
+from timelapser_workers.app.dashboard import make_app  # noqa: E402
 from timelapser_workers.sinks.sse import SSESink  # noqa: E402
-from timelapser_workers.sinks.sse.wsgi import ServerThread, SSEWsgiApp, make_server  # noqa: E402
+from timelapser_workers.sinks.sse.wsgi import ServerThread, make_server  # noqa: E402
 from timelapser_workers.batcher import EventBatcher  # noqa: E402
 
-__all__ = ["make_app", "SampleWorkers", "PAGE", "main"]
-
-PAGE = Path(__file__).resolve().parent / "index.html"
-
-
-def make_app(
-    sink: SSESink, stats: Callable[[], dict[str, Any]] | None = None, **sse_options: Any
-) -> Callable[..., Iterable[bytes]]:
-    """A WSGI app: ``/`` the page, ``/events`` the sink's stream, ``/stats`` JSON counters."""
-    sse = SSEWsgiApp(sink.hub, **sse_options)
-    page = PAGE.read_bytes()
-
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "/")
-        if path == "/events":
-            return sse(environ, start_response)
-        if path in ("/", "/index.html"):
-            body, kind = page, "text/html; charset=utf-8"
-        elif path == "/stats":
-            body = json.dumps({"batcher": stats() if stats else {}, "hub": sink.hub.stats()}, default=str).encode()
-            kind = "application/json"
-        else:
-            body, kind = f"not found: {path!r}; try / /events /stats\n".encode(), "text/plain; charset=utf-8"
-            start_response("404 Not Found", [("Content-Type", kind), ("Content-Length", str(len(body)))])
-            return [body]
-        start_response("200 OK", [("Content-Type", kind), ("Content-Length", str(len(body))), ("Cache-Control", "no-store")])
-        return [body]
-
-    return app
+__all__ = ["make_app", "SampleWorkers", "main"]
 
 
 class SampleWorkers:
@@ -113,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sink = SSESink(replay_events=2000)
     batcher = EventBatcher([sink], batch_size=10, batch_timeout=0.5)
-    server = ServerThread(make_server(make_app(sink, batcher.stats), args.host, args.port)).start()
+    server = ServerThread(make_server(make_app(sink, batchers=[batcher]), args.host, args.port)).start()
     workers = SampleWorkers(batcher, args.workers, args.rate).start()
     print(f"dashboard: {server.url}/  (Ctrl-C to stop)", flush=True)
     try:

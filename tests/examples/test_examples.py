@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.app.serving import SERVED_DEMO_LINE, finish_served, start_served
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -23,6 +25,7 @@ def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         ("overlay_worker.py", r"stamped 8 frames; 1 job failed permanently"),
         ("scheduler_worker.py", r"captured \d+ frames; thumbnails \d+, overlays \d+"),
         ("custom_sink.py", r"50 rows written in \d+ batches"),
+        ("structlog_logging.py", r"4 records stored, 2 from cam3"),
     ],
 )
 def test_example_runs_directly(script, expect):
@@ -71,14 +74,9 @@ def test_demo_serve_serves_the_dashboard_and_a_live_stream():
     import json
     import urllib.request
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "timelapser_workers", "demo", "--serve", "--port", "0",
-         "--duration", "4", "--period", "0.5"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    proc, url = start_served([sys.executable, "-m", "timelapser_workers", "demo", "--serve", "--port", "0",
+                              "--duration", "4", "--period", "0.5"], cwd=ROOT)
     try:
-        first = proc.stdout.readline()
-        url = re.search(r"dashboard: (http://127\.0\.0\.1:\d+)/", first).group(1)
         with urllib.request.urlopen(url + "/", timeout=10) as page:
             assert "EventSource" in page.read().decode()
         with urllib.request.urlopen(url + "/events", timeout=10) as stream:
@@ -91,10 +89,6 @@ def test_demo_serve_serves_the_dashboard_and_a_live_stream():
         with urllib.request.urlopen(url + "/stats", timeout=10) as stats:
             body = json.loads(stats.read())
             assert body["batcher"]["events_received"] > 0 and body["hub"]["events_published"] > 0
-        out, err = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=10)
-    assert proc.returncode == 0, out + err
-    assert re.search(r"served \d+ events; \d+ browser connection\(s\); lost 0", out), out
+        out, _ = finish_served(proc)
+    assert re.search(SERVED_DEMO_LINE, out), out

@@ -104,15 +104,27 @@ def _with_app_name(url: str, app_name: str) -> str:
     return f"{url}{'&' if '?' in url else '?'}application_name={app_name}"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def _with_driver(url: str, driver: str) -> str:
+    """``postgresql://...`` as ``postgresql+<driver>://...`` (the sink's URL names its driver)."""
+    scheme, rest = url.split("://", 1)
+    return f"{scheme.split('+')[0]}+{driver}://{rest}"
+
+
+@pytest.fixture(params=[
+    "sqlite",
+    pytest.param("psycopg2", marks=pytest.mark.postgres),
+    pytest.param("psycopg3", marks=pytest.mark.postgres),
+])
 def db(request: pytest.FixtureRequest, tmp_path: Path, unique_name: str) -> Iterator[Db]:
-    """A fresh table in a real database: a SQLite file, then the PostgreSQL test server."""
+    """A fresh table in a real database: a SQLite file, then the PostgreSQL test server through
+    each driver (psycopg2, psycopg 3). The helpers look inside with psycopg2 either way."""
     if request.param == "sqlite":
         path = tmp_path / "events.db"
         yield Db("sqlite", f"sqlite:///{path}", unique_name, unique_name, str(path))
         return
     url = request.getfixturevalue("postgres_url")
-    d = Db("postgresql", _with_app_name(url, unique_name), unique_name, unique_name, url)
+    driver = {"psycopg2": "psycopg2", "psycopg3": "psycopg"}[request.param]
+    d = Db("postgresql", _with_app_name(_with_driver(url, driver), unique_name), unique_name, unique_name, url)
     yield d
     d.query(f"DROP TABLE IF EXISTS {unique_name} CASCADE")
     d.query(f"DROP FUNCTION IF EXISTS {unique_name}_refuse() CASCADE")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from timelapser_workers import __version__
 from timelapser_workers.sinks.database import DatabaseSink
 from timelapser_workers.sinks.log import LogSink
 from timelapser_workers.sinks.memory import MemorySink
@@ -118,7 +119,7 @@ def test_third_party_sink_through_its_entry_point(plugin_site: Path, monkeypatch
     with pytest.raises(SinkLoadError) as clash:
         load_sink("memory")
     assert "timelapser-echo-sink 0.1: tl_echo_sink:EchoSink" in str(clash.value)
-    assert "timelapser-workers 0.1.0: timelapser_workers.sinks.memory:MemorySink" in str(clash.value)
+    assert f"timelapser-workers {__version__}: timelapser_workers.sinks.memory:MemorySink" in str(clash.value)
 
 
 def test_cli_lists_sinks_and_where_they_come_from(plugin_site: Path) -> None:

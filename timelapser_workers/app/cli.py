@@ -7,6 +7,8 @@ import argparse
 import logging
 import sys
 
+from timelapser_workers._version import __version__
+
 __all__ = ["main"]
 
 
@@ -14,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     from timelapser_workers.app import demo
 
     parser = argparse.ArgumentParser(prog="timelapser-workers")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo_parser = sub.add_parser("demo", help="run the demo workload and print what batching saved")
     demo.add_arguments(demo_parser)

@@ -1,4 +1,4 @@
-"""The demo: the three example workers on a bursty timelapse workload, run twice (batched and
+"""The demo: three timelapse workers on a bursty workload, run twice (batched and
 one event at a time) into a real database and a real SSE stream, with what batching saved,
 measured.
 
@@ -9,16 +9,15 @@ measured.
 workers emitted (counted by an independent signal receiver); the demo fails if it is not 0.
 SSE messages are counted by a real client reading the stream over a socket.
 
-This is an application of the library (it runs the examples), not part of the core: it is
-the one module of timelapser_workers that uses concrete sinks.
+Everything it needs ships in the package (its workers in :mod:`.demo_workers`, the dashboard
+in :mod:`.dashboard`), so it runs after a plain ``pip install``; Pillow is optional (see
+:mod:`.frames`). This is an application of the library, not part of the core.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
-import importlib
-import importlib.util
 import socket
 import sys
 import tempfile
@@ -31,10 +30,9 @@ from typing import Any, Callable, Sequence
 import sqlalchemy as sa
 
 from timelapser_workers import EventBatcher, signals
+from timelapser_workers.app import dashboard, demo_workers, frames
 
 __all__ = ["run_demo", "DemoRun", "add_arguments", "main"]
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @dataclass
@@ -91,18 +89,6 @@ class _SSEClient(threading.Thread):
         self.join(5)
 
 
-def _load_dashboard() -> Any:
-    """examples/dashboard/serve.py: the page and its WSGI app (a file, not a package)."""
-    path = EXAMPLES / "dashboard" / "serve.py"
-    spec = importlib.util.spec_from_file_location("timelapser_dashboard", path)
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"the dashboard {path} was not found (run from a source checkout)")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 class _EmitCounter:
     """Counts every standard signal sent by the demo's workers, independently of the batcher."""
 
@@ -122,19 +108,9 @@ class _EmitCounter:
             signal.disconnect(self._receive, sender=worker)
 
 
-def _load_examples() -> Any:
-    if not (EXAMPLES / "scheduler_worker.py").exists():
-        raise SystemExit(
-            f"the demo runs the example workers from a source checkout; {EXAMPLES} not found"
-        )
-    if str(EXAMPLES) not in sys.path:
-        sys.path.insert(0, str(EXAMPLES))
-    return importlib.import_module("scheduler_worker")
-
-
 class _Pipeline:
     """The demo's wiring: DatabaseSink + SSESink behind one batcher, the dashboard's WSGI app
-    on 127.0.0.1, and the three example workers (not yet started)."""
+    on 127.0.0.1, and the three demo workers (not yet started)."""
 
     def __init__(self, db_url: str, table: str, *, use_batching: bool, workdir: Path,
                  cameras: int, period: float, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -142,7 +118,6 @@ class _Pipeline:
         from timelapser_workers.sinks.sse import SSESink
         from timelapser_workers.sinks.sse.wsgi import ServerThread, make_server
 
-        examples = _load_examples()
         self.table = table
         self.db = DatabaseSink(db_url, table=table)
         # Create the table (and open the first connection) now: one-off setup, not the cost
@@ -153,9 +128,9 @@ class _Pipeline:
             [self.db, self.sse], name=f"demo-{'batched' if use_batching else 'single'}",
             dead_letter=workdir / "dead-letter.jsonl", use_batching=use_batching,
         )
-        app = _load_dashboard().make_app(self.sse, self.batcher.stats)
+        app = dashboard.make_app(self.sse, batchers=[self.batcher])
         self.server = ServerThread(make_server(app, host, port)).start()
-        self.workers = examples.build_pipeline(workdir / table, self.batcher, cameras=cameras,
+        self.workers = demo_workers.build_pipeline(workdir / table, self.batcher, cameras=cameras,
                                                period=period, use_batching=use_batching)
         self.counter = _EmitCounter(self.workers)
 
@@ -237,7 +212,8 @@ def serve(args: argparse.Namespace, db_url: str, workdir: Path) -> int:
     pipe = _Pipeline(db_url, f"demo_events_live_{int(time.time())}", use_batching=True,
                      workdir=workdir, cameras=args.cameras, period=args.period, port=args.port)
     try:
-        print(f"dashboard: {pipe.server.url}/   (Ctrl-C to stop)", flush=True)
+        print(f"dashboard: {pipe.server.url}/   (Ctrl-C to stop; metrics at /metrics)", flush=True)
+        print(frames.backend_note(), file=sys.stderr, flush=True)
         pipe.start()
         deadline = None if args.duration is None else time.monotonic() + args.duration
         try:
@@ -326,7 +302,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 print("\r" + line, end="", file=sys.stderr, flush=True)
 
         print(f"timelapser-workers demo: {args.cameras} cameras every {args.period:g}s, "
-              f"{args.duration:g}s per run, database {db_url}", file=sys.stderr)
+              f"{args.duration:g}s per run, database {db_url}\n{frames.backend_note()}", file=sys.stderr)
         runs = []
         for use_batching in (True, False):
             runs.append(run_once(

@@ -5,6 +5,11 @@
     handler = BatchingDatabaseHandler("sqlite:///logs.db")    # records -> batcher -> `logs` table
     logging.getLogger().addHandler(handler)
 
+Each row keeps the record's own time, level, logger, message and exception text, and its
+context (``extra={...}`` fields, structlog's event dict and bound context variables: see
+:mod:`.log_context`) in the JSON column ``extra`` (JSONB on PostgreSQL: query it with
+``extra->>'job_id'``). A logs table made before that column existed gets it added.
+
 The handler's ``emit`` only builds an event and puts it on its batcher's bounded queue (dropped
 and counted when full, never blocking the caller). Records logged by this library and by
 SQLAlchemy, and anything logged on the thread that is writing a batch, are not stored (counted
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import sys
 import threading
 from typing import Any, Sequence
 
@@ -28,6 +34,7 @@ from timelapser_workers.config import BatcherConfig, Default
 from timelapser_workers.contract import BaseSink, Event
 from timelapser_workers.errors import BatcherClosedError
 from timelapser_workers.events import make_event
+from timelapser_workers.integrations.log_context import record_context
 from timelapser_workers.sinks.log import parse_level
 from timelapser_workers.sql.engine import create_sink_engine
 from timelapser_workers.sql.insert import insert_new_events
@@ -81,6 +88,7 @@ class LogRecordSink(BaseSink):
     def _write(self, batch: Sequence[Event]) -> None:
         if not self._ready:
             create_all_concurrently(self.metadata, self.engine)
+            _add_extra_column(self.table, self.engine)
             self._ready = True
         stmt = insert_new_events(self.table, self.engine.dialect.name, writer="BatchingDatabaseHandler")
         with self.engine.begin() as conn:
@@ -100,7 +108,25 @@ def _log_row(event: Event) -> dict[str, Any]:
         "exc_text": data.get("exc_text"),
         "thread": data.get("thread"),
         "process": data.get("process"),
+        "extra": data.get("extra") or None,
     }
+
+
+def _add_extra_column(table: sa.Table, engine: Engine) -> None:
+    """Add the ``extra`` column to a logs table made before it existed (nullable, so old rows
+    stay as they are). Another process adding it at the same moment is not an error."""
+    columns = {c["name"] for c in sa.inspect(engine).get_columns(table.name)}
+    if "extra" in columns:
+        return
+    kind = table.c.extra.type.compile(dialect=engine.dialect)
+    name = engine.dialect.identifier_preparer.format_table(table)
+    exists = " IF NOT EXISTS" if engine.dialect.name == "postgresql" else ""
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"ALTER TABLE {name} ADD COLUMN{exists} extra {kind}"))
+    except sa.exc.OperationalError as exc:  # SQLite: another process added it first
+        if "duplicate column" not in str(exc.orig):
+            raise
 
 
 class BatchingDatabaseHandler(logging.Handler):
@@ -110,7 +136,9 @@ class BatchingDatabaseHandler(logging.Handler):
     ``batch_size`` records or ``batch_timeout`` seconds (defaults LOG_BATCH_SIZE = 100,
     LOG_BATCH_TIMEOUT_SECONDS = 5, overridable by TIMELAPSER_LOG_BATCH_* env) and are retried
     ``max_retries`` times (LOG_BATCH_MAX_RETRIES = 3) before the dead letter. Each row keeps its
-    record's own time, level, logger, message and exception text. Counters: ``submitted``,
+    record's own time, level, logger, message and exception text, and its context (``extra``
+    fields, structlog's) as JSON in the column ``extra``; ``structlog_contextvars=False``
+    leaves structlog's bound context variables out. Counters: ``submitted``,
     ``skipped`` (the library's own records), ``dropped`` (queue full or handler closed).
     """
 
@@ -127,6 +155,7 @@ class BatchingDatabaseHandler(logging.Handler):
         max_queue_size: int | None = None,
         dead_letter: Any = None,
         exclude_loggers: Sequence[str] = _DEFAULT_EXCLUDED,
+        structlog_contextvars: bool = True,
     ) -> None:
         super().__init__(parse_level(level))
 
@@ -142,6 +171,7 @@ class BatchingDatabaseHandler(logging.Handler):
         )
         self.batcher = EventBatcher([self.sink], config=config, dead_letter=dead_letter, name=f"logs:{table}")
         self.exclude_loggers = tuple(exclude_loggers)
+        self.structlog_contextvars = structlog_contextvars
         self.submitted = 0
         self.skipped = 0
         self.dropped = 0
@@ -160,9 +190,10 @@ class BatchingDatabaseHandler(logging.Handler):
                 self.skipped += 1
             return
         try:
+            message, context, exc_info = record_context(record, contextvars=self.structlog_contextvars)
             exc_text = record.exc_text
-            if record.exc_info and not exc_text:
-                exc_text = (self.formatter or logging.Formatter()).formatException(record.exc_info)
+            if exc_info and not exc_text:
+                exc_text = (self.formatter or logging.Formatter()).formatException(_exc_tuple(exc_info))
             if record.stack_info:
                 exc_text = f"{exc_text}\n{record.stack_info}" if exc_text else record.stack_info
             event = make_event(
@@ -172,10 +203,11 @@ class BatchingDatabaseHandler(logging.Handler):
                     "level": record.levelname,
                     "levelno": record.levelno,
                     "logger": record.name,
-                    "message": record.getMessage(),
+                    "message": message,
                     "exc_text": exc_text,
                     "thread": record.threadName,
                     "process": record.process,
+                    "extra": context,
                 },
                 source=record.name,
             )
@@ -203,3 +235,13 @@ class BatchingDatabaseHandler(logging.Handler):
                 self.engine.dispose()
         finally:
             super().close()
+
+
+def _exc_tuple(exc_info: Any) -> Any:
+    """``exc_info`` as logging's (type, value, traceback): a tuple, an exception, or True (the
+    exception being handled, as structlog's ``exc_info=True`` means)."""
+    if isinstance(exc_info, BaseException):
+        return type(exc_info), exc_info, exc_info.__traceback__
+    if isinstance(exc_info, tuple):
+        return exc_info
+    return sys.exc_info()

@@ -2,7 +2,8 @@
 that workers in other processes (or machines) wrote through the DatabaseSink.
 
 On PostgreSQL a LISTEN connection wakes it when the sink's ``NOTIFY`` arrives (the payload is
-only a hint: the table is the truth), with a slow fallback poll; on SQLite it polls.
+only a hint: the table is the truth), with a slow fallback poll; on SQLite it polls. LISTEN
+works through psycopg2 and psycopg 3 (whichever the engine uses); other drivers poll.
 
 No row is skipped when transactions commit out of id order. The source remembers the ids it
 has not seen below the highest one it has (``missing``): a missing id is either a transaction
@@ -35,6 +36,19 @@ __all__ = ["DatabaseEventSource"]
 log = logging.getLogger(__name__)
 
 _COLUMNS = ", ".join(("id", *EVENT_COLUMNS))
+_LISTEN_DRIVERS = ("psycopg2", "psycopg")
+
+
+def _drain_notifies(conn: Any) -> int:
+    """Read the notifications waiting on a LISTEN connection (without blocking); how many.
+    psycopg2 queues them in ``conn.notifies`` after ``poll()``; psycopg 3 yields them from
+    ``conn.notifies(timeout=0)``."""
+    if callable(getattr(conn, "poll", None)):  # psycopg2
+        conn.poll()
+        count = len(conn.notifies)
+        conn.notifies.clear()
+        return count
+    return sum(1 for _ in conn.notifies(timeout=0))
 
 
 @dataclasses.dataclass
@@ -88,9 +102,9 @@ class DatabaseEventSource:
         self.batch_rows = batch_rows
         self.max_gap_ids = max_gap_ids
         self.listen = listen and self.is_postgres
-        if self.listen and self.engine.dialect.driver != "psycopg2":
+        if self.listen and self.engine.dialect.driver not in _LISTEN_DRIVERS:
             log.warning(
-                "LISTEN needs the psycopg2 driver, not %r; polling %s every %.1fs instead",
+                "LISTEN needs the psycopg2 or psycopg (3) driver, not %r; polling %s every %.1fs instead",
                 self.engine.dialect.driver, self.table, self.poll_interval_seconds,
             )
             self.listen = False
@@ -185,9 +199,7 @@ class DatabaseEventSource:
             os.read(self._wake_r, 64)
         if self._listener is not None and self._listener in readable:
             try:
-                self._listener.poll()
-                self.counters["notifications"] += len(self._listener.notifies)
-                self._listener.notifies.clear()
+                self.counters["notifications"] += _drain_notifies(self._listener)
             except Exception as exc:
                 log.warning("LISTEN connection lost (%s); reconnecting and catching up from the table", exc)
                 self._listener_failed()

@@ -6,16 +6,32 @@ a URL are ours to dispose.
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.engine.url import URL
 
-__all__ = ["create_sink_engine", "DEFAULT_BUSY_TIMEOUT_SECONDS", "DEFAULT_CONNECT_TIMEOUT_SECONDS"]
+__all__ = [
+    "create_sink_engine",
+    "default_postgres_driver",
+    "DEFAULT_BUSY_TIMEOUT_SECONDS",
+    "DEFAULT_CONNECT_TIMEOUT_SECONDS",
+]
 
 DEFAULT_BUSY_TIMEOUT_SECONDS = 5.0
 DEFAULT_CONNECT_TIMEOUT_SECONDS = 5
+
+
+def default_postgres_driver() -> str:
+    """The driver a plain ``postgresql://`` URL gets here: psycopg2 if it is installed (what
+    0.1 used; SQLAlchemy 2.1 itself would pick psycopg 3), else psycopg 3 if that is, else
+    psycopg2 (whose import error then names what to install)."""
+    for module, driver in (("psycopg2", "psycopg2"), ("psycopg", "psycopg")):
+        if importlib.util.find_spec(module) is not None:
+            return driver
+    return "psycopg2"
 
 
 def create_sink_engine(
@@ -30,7 +46,9 @@ def create_sink_engine(
 
     SQLite: WAL journal, ``busy_timeout`` seconds of waiting on a locked database,
     synchronous=NORMAL (durable across a process crash; WAL keeps it consistent).
-    PostgreSQL: pool pre-ping (a dead pooled connection is replaced, not handed out),
+    PostgreSQL: the driver the URL names (``postgresql+psycopg2://``, ``postgresql+psycopg://``;
+    a plain ``postgresql://`` gets :func:`default_postgres_driver`), pool pre-ping (a dead
+    pooled connection is replaced, not handed out),
     ``connect_timeout`` seconds to connect, TCP keepalives, ``application_name`` (so an operator,
     or a test, can find the sink's backends in ``pg_stat_activity``).
     """
@@ -54,10 +72,9 @@ def create_sink_engine(
         return engine
     if backend == "postgresql":
         if u.drivername in ("postgresql", "postgres"):
-            # A plain postgresql:// means psycopg2 here (SQLAlchemy 2.1 would pick psycopg 3).
-            u = u.set(drivername="postgresql+psycopg2")
+            u = u.set(drivername=f"postgresql+{default_postgres_driver()}")
         connect_args: dict[str, Any] = {}
-        if u.get_driver_name() == "psycopg2":
+        if u.get_driver_name() in ("psycopg2", "psycopg"):  # both take libpq's keywords
             connect_args = {
                 "connect_timeout": connect_timeout,
                 "application_name": application_name,

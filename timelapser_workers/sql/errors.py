@@ -54,9 +54,9 @@ def classify_error(error: BaseException) -> ErrorKind:
     """Return what to do about ``error`` raised while writing a batch.
 
     Looks through SQLAlchemy's wrapper to the driver's exception: PostgreSQL errors by their
-    SQLSTATE (``pgcode``), SQLite errors by their result code name; errors without either by
-    the DB-API class (OperationalError/InterfaceError: transient; IntegrityError/DataError:
-    row; ProgrammingError and the rest: permanent). Anything that is not a database error
+    SQLSTATE (psycopg2's ``pgcode``, psycopg 3's ``sqlstate``), SQLite errors by their result
+    code name; errors without either by the DB-API class (OperationalError/InterfaceError:
+    transient; IntegrityError/DataError: row; ProgrammingError and the rest: permanent). Anything that is not a database error
     (a socket error, a timeout) is transient, except ValueError and TypeError, which drivers
     raise for a value they cannot bind: row. An UnsupportedDialectError is permanent.
     """
@@ -75,7 +75,7 @@ def classify_error(error: BaseException) -> ErrorKind:
         return ErrorKind.PERMANENT
     else:
         orig = error
-    pgcode = getattr(orig, "pgcode", None)
+    pgcode = getattr(orig, "pgcode", None) or getattr(orig, "sqlstate", None)  # psycopg2, psycopg 3
     if isinstance(pgcode, str) and len(pgcode) == 5:
         if pgcode in _PG_TRANSIENT_CODES or pgcode[:2] in _PG_TRANSIENT_CLASSES:
             return ErrorKind.TRANSIENT

@@ -126,7 +126,8 @@ def events_table(metadata: MetaData, name: str = DEFAULT_TABLE, *, schema: str |
 def logs_table(metadata: MetaData, name: str = DEFAULT_LOGS_TABLE) -> Table:
     """Define the log-records table ``name`` on ``metadata``: one row per record, with the
     record's own time (``created_at``), ``level``, ``levelno``, ``logger``, ``message``,
-    ``exc_text``, ``thread``, ``process``. Indexes: unique ``event_id``; ``created_at``."""
+    ``exc_text``, ``thread``, ``process`` and ``extra`` (its context: JSONB on PostgreSQL, JSON
+    text on SQLite; NULL when it has none). Indexes: unique ``event_id``; ``created_at``."""
     check_identifier(name)
     return Table(
         name,
@@ -141,6 +142,7 @@ def logs_table(metadata: MetaData, name: str = DEFAULT_LOGS_TABLE) -> Table:
         Column("exc_text", Text()),
         Column("thread", Text()),
         Column("process", Integer()),
+        Column("extra", JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")),
         inserted_at_column(),
         Index(f"ix_{name}_created_at"[:63], "created_at"),
     )

@@ -6,13 +6,18 @@ written twice stores each event once), and returns how many rows it stored (at m
 does not say which rows it skipped). It raises the database's own errors; the caller sorts
 them (:mod:`timelapser_workers.sql.errors`, :mod:`timelapser_workers.sql.split`).
 
-==========================  =======================================  ===============================
-writer                      when                                     one batch costs
-==========================  =======================================  ===============================
-:class:`CopyWriter`         PostgreSQL through psycopg2, use_copy    one ``COPY FROM STDIN``, commit
-:class:`SqliteTupleWriter`  SQLite through the stdlib sqlite3        one ``executemany`` of tuples
-:class:`InsertWriter`       anything else (PostgreSQL without COPY)  multi-row ``INSERT``, commit
-==========================  =======================================  ===============================
+===========================  =======================================  ===============================
+writer                       when                                     one batch costs
+===========================  =======================================  ===============================
+:class:`CopyWriter`          PostgreSQL through psycopg2, use_copy    one ``COPY FROM STDIN``, commit
+:class:`PsycopgCopyWriter`   PostgreSQL through psycopg 3, use_copy   one ``COPY FROM STDIN``, commit
+:class:`SqliteTupleWriter`   SQLite through the stdlib sqlite3        one ``executemany`` of tuples
+:class:`InsertWriter`        anything else (PostgreSQL without COPY)  multi-row ``INSERT``, commit
+===========================  =======================================  ===============================
+
+The driver is the engine's: ``postgresql+psycopg2://`` or ``postgresql+psycopg://`` in a URL, or
+whatever a user's own Engine was made with (SQLAlchemy 2.1 maps a plain ``postgresql://`` to
+psycopg 3; the sink's engine factory maps it to psycopg2 when that is installed).
 
 On PostgreSQL a writer given a ``notify_channel`` sends ``pg_notify(channel, table)`` in the
 same transaction as each batch that stored rows.
@@ -31,7 +36,7 @@ from timelapser_workers.sql.codec import EVENT_COLUMNS, copy_buffer, event_row, 
 from timelapser_workers.sql.errors import ErrorKind, classify_error
 from timelapser_workers.sql.insert import DialectInsert, execute_rows, insert_new_events
 
-__all__ = ["EventWriter", "CopyWriter", "SqliteTupleWriter", "InsertWriter", "choose_writer"]
+__all__ = ["EventWriter", "CopyWriter", "PsycopgCopyWriter", "SqliteTupleWriter", "InsertWriter", "choose_writer"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +50,14 @@ class EventWriter(Protocol):
 def choose_writer(
     engine: Engine, table: sa.Table, *, use_copy: bool = True, notify_channel: str | None = None
 ) -> EventWriter:
-    """The writer for ``engine``: COPY on PostgreSQL through psycopg2 (if ``use_copy``), tuples
-    on the stdlib's SQLite driver, multi-row INSERT otherwise. No I/O here; an unsupported
-    dialect is refused by the first write (UnsupportedDialectError)."""
+    """The writer for ``engine``: COPY on PostgreSQL through psycopg2 or psycopg 3 (if
+    ``use_copy``), tuples on the stdlib's SQLite driver, multi-row INSERT otherwise. No I/O
+    here; an unsupported dialect is refused by the first write (UnsupportedDialectError)."""
     dialect, driver = engine.dialect.name, engine.dialect.driver
     if use_copy and dialect == "postgresql" and driver == "psycopg2":
         return CopyWriter(engine, table, notify_channel=notify_channel)
+    if use_copy and dialect == "postgresql" and driver == "psycopg":
+        return PsycopgCopyWriter(engine, table, notify_channel=notify_channel)
     if dialect == "sqlite" and driver == "pysqlite":
         return SqliteTupleWriter(engine, table)
     return InsertWriter(engine, table, notify_channel=notify_channel)
@@ -116,53 +123,42 @@ class CopyWriter:
     makes COPY fail on the unique ``event_id``; it is then copied into a temporary table and
     moved with ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` (counted in ``copy_conflicts``).
     A connection lost mid-write is invalidated, never handed out again.
+
+    The driver's part is two things: :meth:`_copy` (send the COPY text) and the exception it
+    raises on a unique violation; :class:`PsycopgCopyWriter` is the same for psycopg 3.
     """
 
     def __init__(self, engine: Engine, table: sa.Table, *, notify_channel: str | None = None) -> None:
-        from psycopg2 import errors as pg_errors
-
         self.engine = engine
         self.table = table
         self.notify_channel = notify_channel
         self.copy_conflicts = 0
-        self._unique_violation: type[Exception] = pg_errors.UniqueViolation
-        self._sql: tuple[str, str, str, str] | None = None  # copy, create stage, copy stage, move
+        self._unique_violation = self._unique_violation_error()
+        self._sql = _copy_statements(engine, table)
 
-    def _statements(self, cur: Any) -> tuple[str, str, str, str]:
-        if self._sql is None:
-            from psycopg2 import sql
+    def _unique_violation_error(self) -> type[Exception]:
+        from psycopg2 import errors as pg_errors
 
-            table = self.table
-            target = sql.Identifier(table.schema, table.name) if table.schema else sql.Identifier(table.name)
-            columns = sql.SQL(", ").join(map(sql.Identifier, EVENT_COLUMNS))
-            stage = ", ".join(f"{c} {_STAGE_TYPES.get(c, 'text')}" for c in EVENT_COLUMNS)
-            casts = ", ".join(c + _STAGE_CASTS.get(c, "") for c in EVENT_COLUMNS)
-            self._sql = (
-                sql.SQL("COPY {} ({}) FROM STDIN").format(target, columns).as_string(cur),
-                f"CREATE TEMP TABLE timelapser_stage (ord bigserial, {stage}) ON COMMIT DROP",
-                sql.SQL("COPY timelapser_stage ({}) FROM STDIN").format(columns).as_string(cur),
-                sql.SQL(
-                    "INSERT INTO {} ({}) SELECT " + casts + " FROM timelapser_stage ORDER BY ord"
-                    " ON CONFLICT (event_id) DO NOTHING"
-                ).format(target, columns).as_string(cur),
-            )
-        return self._sql
+        return pg_errors.UniqueViolation
+
+    def _copy(self, cur: Any, statement: str, batch: Sequence[Event]) -> None:
+        cur.copy_expert(statement, copy_buffer(batch))
 
     def write(self, batch: Sequence[Event]) -> int:
         raw = self.engine.raw_connection()
         try:
             cur: Any = raw.cursor()
             try:
-                copy, create_stage, copy_stage, move = self._statements(cur)
+                copy, create_stage, copy_stage, move = self._sql
                 try:
-                    cur.copy_expert(copy, copy_buffer(batch))
+                    self._copy(cur, copy, batch)
                     stored = int(cur.rowcount)
                 except self._unique_violation:
                     # Some events are stored already (a retried batch): skip them by event_id.
                     raw.rollback()
                     self.copy_conflicts += 1
                     cur.execute(create_stage)
-                    cur.copy_expert(copy_stage, copy_buffer(batch))
+                    self._copy(cur, copy_stage, batch)
                     cur.execute(move)
                     stored = int(cur.rowcount)
                 if self.notify_channel and stored:
@@ -176,6 +172,36 @@ class CopyWriter:
             raise
         finally:
             raw.close()
+
+
+class PsycopgCopyWriter(CopyWriter):
+    """:class:`CopyWriter` through psycopg 3: the COPY text goes through ``cursor.copy()``."""
+
+    def _unique_violation_error(self) -> type[Exception]:
+        from psycopg import errors as pg_errors
+
+        return pg_errors.UniqueViolation
+
+    def _copy(self, cur: Any, statement: str, batch: Sequence[Event]) -> None:
+        with cur.copy(statement) as copy:
+            copy.write(copy_buffer(batch).getvalue())
+
+
+def _copy_statements(engine: Engine, table: sa.Table) -> tuple[str, str, str, str]:
+    """COPY into the table; create, COPY into, and move from the staging table. Names are
+    quoted by the dialect (the same for every driver)."""
+    quote = engine.dialect.identifier_preparer
+    target = quote.format_table(table)
+    columns = ", ".join(quote.quote(c) for c in EVENT_COLUMNS)
+    stage = ", ".join(f"{c} {_STAGE_TYPES.get(c, 'text')}" for c in EVENT_COLUMNS)
+    casts = ", ".join(c + _STAGE_CASTS.get(c, "") for c in EVENT_COLUMNS)
+    return (
+        f"COPY {target} ({columns}) FROM STDIN",
+        f"CREATE TEMP TABLE timelapser_stage (ord bigserial, {stage}) ON COMMIT DROP",
+        f"COPY timelapser_stage ({columns}) FROM STDIN",
+        f"INSERT INTO {target} ({columns}) SELECT {casts} FROM timelapser_stage ORDER BY ord"
+        " ON CONFLICT (event_id) DO NOTHING",
+    )
 
 
 def _discard(raw: Any, exc: BaseException) -> None:

@@ -1,0 +1,39 @@
+"""A dashboard served by a subprocess (`timelapser-workers demo --serve`, or
+examples/dashboard/serve.py): start it, learn its URL from its first line, finish it."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from typing import Any
+
+import pytest
+
+__all__ = ["start_served", "finish_served", "SERVED_DEMO_LINE"]
+
+#: what `demo --serve` prints last when it lost nothing
+SERVED_DEMO_LINE = r"served \d+ events; \d+ browser connection\(s\); lost 0"
+
+
+def start_served(command: list[str], **popen: Any) -> tuple[subprocess.Popen[str], str]:
+    """Run ``command``; return the process and the dashboard URL its first line names."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    first = proc.stdout.readline() if proc.stdout else ""
+    match = re.search(r"dashboard: (http://127\.0\.0\.1:\d+)/", first)
+    if match is None:
+        proc.kill()
+        out, err = proc.communicate(timeout=10)
+        pytest.fail(f"no dashboard line from {command}: {first!r}\n{out}\n{err}")
+    return proc, match.group(1)
+
+
+def finish_served(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[str, str]:
+    """Wait for the server to end by itself (its --duration); it must exit 0. (stdout, stderr)."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    assert proc.returncode == 0, out + err
+    return out, err
