@@ -61,6 +61,7 @@ class Pipeline:
         self.deadline = 0.0
         self._before: list[tuple[int, int]] = []
         self._done = threading.Event()
+        self._received = 0  # the most events_received ever reported
         if closed:  # a forked child of a closed batcher: closed, with nothing to deliver
             self.closing = True
             self.ingress.closed = True
@@ -187,8 +188,11 @@ class Pipeline:
         """Counters since construction (or since fork, in a child)."""
         depth, flusher = self.ingress.qsize(), self.flusher
         rejected, dropped = self.drops.snapshot()
+        # the flush thread counts what it took just after the drain: never report less than
+        # before (a counter that dips looks like a reset to a metrics system)
+        self._received = max(self._received, flusher.taken + depth)
         return {
-            "events_received": flusher.taken + depth,
+            "events_received": self._received,
             "events_rejected": rejected,
             "events_dropped": dropped,
             "events_batched": flusher.events_batched,
