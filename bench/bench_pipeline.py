@@ -8,10 +8,10 @@ ends when its last row is committed (the rows are then counted in the table and 
 there). Each run writes into a fresh table of the events schema; tables and connections are
 made before the clock starts. Contenders alternate round by round; medians are printed.
 
-- pipeline      EventBatcher.emit(...) on one producer thread -> lane -> DatabaseSink, settings
-                a user would pick for throughput (printed below): batch_size 500, raw events
-                (wants_aggregated=False, one row per event), a queue that never drops. The
-                clock stops when batcher.flush() returns (every batch committed).
+- pipeline      EventBatcher.emit(...) on one producer thread -> lane -> DatabaseSink, default
+                settings except overflow="block" (printed below), raw events
+                (wants_aggregated=False, one row per event). The clock stops when
+                batcher.flush() returns (every batch committed).
 - raw COPY      psycopg2 alone: rows built from the payloads, COPY ... FROM STDIN + commit per
                 500 (no validation, no ids beyond a counter, no retries).
 - per-event     the seed's way: one INSERT + commit per event (measured on a tenth of them).
@@ -52,10 +52,8 @@ from timelapser_workers.app.demo import run_once
 
 BATCH = 500
 APP = "timelapser-bench"
-PIPELINE_SETTINGS = dict(
-    batch_size=BATCH, batch_timeout=0.05, max_queue_size=1_000_000, overflow="block",
-    lane_max_events=1_000_000, max_retries=0,
-)
+# issue 13: default settings, except overflow="block" so that nothing is dropped
+PIPELINE_SETTINGS = dict(overflow="block")
 
 
 def _payload(i: int) -> dict[str, Any]:
@@ -199,10 +197,9 @@ def target_3(verdicts: Verdicts, rounds: int, n: int, pg_url: str | None, tmp: s
         pipe, raw, one = _rows_per_second_table(
             tables, f"Target 3, PostgreSQL: {n:,} events emitted -> committed, median of {rounds} rounds",
             results, "vs raw COPY", peer=1)
-        verdicts.check("3. PostgreSQL pipeline >= 0.5x raw COPY", pipe >= 0.5 * raw,
+        verdicts.check("13.3 PostgreSQL pipeline >= 0.8x raw psycopg2 COPY", pipe >= 0.8 * raw,
                        f"{pipe:,.0f} vs {raw:,.0f} rows/s = {pipe / raw:.2f}x")
-        verdicts.check("3. PostgreSQL pipeline >= 50x per-event commits", pipe >= 50 * one,
-                       f"{pipe:,.0f} vs {one:,.0f} rows/s = {pipe / one:.1f}x")
+        print(f"(contrast: the pipeline is {pipe / one:.1f}x per-event commits)\n")
     path = os.path.join(tmp, "bench.db")
     engine = create_sink_engine(f"sqlite:///{path}")
     try:
@@ -217,7 +214,7 @@ def target_3(verdicts: Verdicts, rounds: int, n: int, pg_url: str | None, tmp: s
     pipe, raw = _rows_per_second_table(
         tables, f"Target 3, SQLite (WAL, synchronous=NORMAL): {n:,} events emitted -> committed, "
         f"median of {rounds} rounds", results, "vs raw executemany", peer=1)
-    verdicts.check("3. SQLite pipeline >= 0.5x raw executemany (WAL)", pipe >= 0.5 * raw,
+    verdicts.check("13.3 SQLite pipeline >= 0.8x raw executemany (WAL)", pipe >= 0.8 * raw,
                    f"{pipe:,.0f} vs {raw:,.0f} rows/s = {pipe / raw:.2f}x")
     return tables
 

@@ -92,3 +92,19 @@ def test_a_row_whose_data_is_not_json_keeps_its_text() -> None:
     record = row_record(row)
     assert record["data"] == {"raw": "not json"}
     assert record["created_at"] == 1_600_000_000.0 and record["batch_count"] == 1
+
+
+def test_utc_text_prints_what_datetime_prints() -> None:
+    """The codec's cached time formatting, against datetime itself, on 20,000 random times
+    and the rounding edges (half a microsecond either way of a second)."""
+    import random
+
+    from timelapser_workers.sql.codec import utc_text
+
+    rnd = random.Random(7)
+    times = [rnd.uniform(0, 4e9) for _ in range(20_000)]
+    times += [1_600_000_000.9999995, 1_600_000_000.0000005, 0.5e-6, 1.5e-6, 2.5e-6, 0.0]
+    for t in times:
+        when = dt.datetime.fromtimestamp(t, dt.timezone.utc)
+        assert utc_text(t) == f"{when:%Y-%m-%d %H:%M:%S.%f}", t
+        assert utc_text(t, "T") + "+00:00" == when.isoformat(timespec="microseconds"), t
