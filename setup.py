@@ -39,6 +39,9 @@ setup(
             # README's mounting examples, tested: Flask (WSGI) and Starlette (what FastAPI mounts with).
             "flask>=2.2",
             "starlette>=0.27",
+            # README's FastAPI block runs as written; servers stopping with streams open (issue 12)
+            "fastapi>=0.100",
+            "gunicorn>=21.2",
         ],
         "examples": ["Pillow>=10"],
         # benchmark peers and profilers; bench/ only, never imported by the library or tests
@@ -47,6 +50,10 @@ setup(
             "psycopg2-binary>=2.9",
             "psutil>=5.9",
             "pyinstrument>=4.6",
+            # SSE fan-out: sse-starlette's per-event write loop as the peer; gunicorn and uvicorn
+            "sse-starlette>=1.6",
+            "uvicorn>=0.23",
+            "gunicorn>=21.2",
         ],
     },
     entry_points={
