@@ -1,0 +1,90 @@
+"""Real servers stop promptly with event streams open (issue 12): each is started as a
+subprocess, streams are opened, the server is signalled and its exit timed. Every stream gets the
+batcher's pending events, then a last frame telling the browser to reconnect (``retry``), and
+ends; the pending events are also in the database, counted per emitting process."""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from tests.sse.conftest import SSETestClient, wait_until
+from tests.sse.servers import ServerProcess, python
+
+PENDING = 20
+STOP_WITHIN = 3.0
+GOODBYE = "server stopping: reconnect"
+
+GUNICORN_PORT = r"Listening at: http://127\.0\.0\.1:(\d+)"
+SERVERS: dict[str, tuple[list[str], str, int]] = {
+    # name: (command, port line, streams)
+    "uvicorn": (python("-m", "uvicorn", "tests.sse._server_apps:asgi_app", "--port", "0",
+                       "--timeout-graceful-shutdown", "30"), r"running on http://127\.0\.0\.1:(\d+)", 3),
+    "gunicorn-gthread": (python("-m", "gunicorn", "-b", "127.0.0.1:0", "-k", "gthread", "--threads", "8",
+                                "-w", "2", "tests.sse._server_apps:wsgi_app"), GUNICORN_PORT, 3),
+    "gunicorn-sync": (python("-m", "gunicorn", "-b", "127.0.0.1:0", "-k", "sync", "-w", "1",
+                             "tests.sse._server_apps:wsgi_app"), GUNICORN_PORT, 1),
+    "gunicorn-uvicorn": (python("-m", "gunicorn", "-b", "127.0.0.1:0", "-k", "uvicorn.workers.UvicornWorker",
+                                "-w", "1", "tests.sse._server_apps:asgi_app"), GUNICORN_PORT, 3),
+    "flask-dev": (python("-m", "tests.sse._server_apps", "flask", "0"), r"Running on http://127\.0\.0\.1:(\d+)", 3),
+}
+CASES = [
+    ("uvicorn", "SIGTERM"), ("uvicorn", "SIGINT"),
+    ("gunicorn-gthread", "SIGTERM"), ("gunicorn-gthread", "SIGINT"), ("gunicorn-gthread", "SIGHUP"),
+    ("gunicorn-sync", "SIGTERM"), ("gunicorn-uvicorn", "SIGTERM"),
+    ("flask-dev", "SIGINT"), ("flask-dev", "SIGTERM"),
+]
+
+
+def _rows_per_process(db: Any) -> dict[str, int]:
+    engine = sa.create_engine(db)
+    try:
+        with engine.connect() as conn:
+            return dict(conn.execute(sa.text("SELECT worker, count(*) FROM events GROUP BY worker")).fetchall())
+    finally:
+        engine.dispose()
+
+
+def _open_streams(port: int, n: int) -> list[SSETestClient]:
+    clients = [SSETestClient(port, "/events", timeout=10) for _ in range(n)]
+    for c in clients:
+        assert c.status == 200
+        wait_until(lambda: any(x.startswith("connected") for x in c.comments), 10, "the stream to open")
+    return clients
+
+
+def _check_goodbye(clients: list[SSETestClient], sent: float) -> None:
+    for c in clients:
+        assert c.ended.wait(max(0.1, sent + STOP_WITHIN - time.monotonic())), "a stream was still open 3 s after the signal"
+        assert c.error is None, f"the stream broke instead of ending: {c.error!r}"
+        # the batcher's pending events reached the browser, in order, before the last frame
+        assert [m["json"]["data"]["k"] for m in c.events()] == list(range(PENDING))
+        assert c.comments[-1] == GOODBYE, c.comments
+        assert c.retry is not None and 100 <= c.retry <= 200  # retry_milliseconds .. twice that
+
+
+@pytest.mark.parametrize("server, sig", CASES, ids=[f"{s}-{g}" for s, g in CASES])
+def test_server_stops_within_3s_with_streams_open(server: str, sig: str, tmp_path: Any) -> None:
+    cmd, port_line, n = SERVERS[server]
+    db = f"sqlite:///{tmp_path / 'events.db'}"
+    proc = ServerProcess(cmd, {"TL_DB": db, "TL_PENDING": str(PENDING)}, port_line)
+    try:
+        clients = _open_streams(proc.port, n)
+        sent = proc.signal(getattr(signal, sig))
+        if sig == "SIGHUP":  # gunicorn reload: old workers stop, new ones serve
+            _check_goodbye(clients, sent)
+            wait_until(lambda: sorted(_rows_per_process(db).values()) == [PENDING] * 2, STOP_WITHIN, "the old workers' rows")
+            clients = _open_streams(proc.port, n)
+            sent = proc.signal(signal.SIGTERM)
+        _check_goodbye(clients, sent)
+        exited = proc.wait_exit(STOP_WITHIN + 5)
+        assert exited - sent <= STOP_WITHIN, f"{server} took {exited - sent:.1f}s to stop after {sig}"
+    finally:
+        proc.kill()
+    rows = _rows_per_process(db)
+    processes = {"gunicorn-gthread": 2}.get(server, 1) * (2 if sig == "SIGHUP" else 1)
+    assert len(rows) == processes and set(rows.values()) == {PENDING}, rows
