@@ -88,3 +88,28 @@ def test_server_stops_within_3s_with_streams_open(server: str, sig: str, tmp_pat
     rows = _rows_per_process(db)
     processes = {"gunicorn-gthread": 2}.get(server, 1) * (2 if sig == "SIGHUP" else 1)
     assert len(rows) == processes and set(rows.values()) == {PENDING}, rows
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_dashboard_server_stops_within_3s_with_streams_open(sig: str) -> None:
+    cmd = python("examples/dashboard/serve.py", "--port", "0", "--workers", "3", "--rate", "50")
+    proc = ServerProcess(cmd, {}, r"dashboard: http://127\.0\.0\.1:(\d+)/")
+    try:
+        clients = _open_streams(proc.port, 2)
+        for c in clients:
+            c.wait_for(5)  # the sample workers are running
+        sent = proc.signal(getattr(signal, sig))
+        for c in clients:
+            assert c.ended.wait(max(0.1, sent + STOP_WITHIN - time.monotonic())), "a stream was still open 3 s after the signal"
+            assert c.error is None, f"the stream broke instead of ending: {c.error!r}"
+            assert c.comments[-1] == GOODBYE, c.comments
+            assert len(set(c.ids())) == len(c.ids())
+        if sig == "SIGINT":  # main() stops the workers first: their last events are delivered
+            for c in clients:
+                stopped = {m["json"]["worker"] for m in c.events() if m["json"]["type"] == "WORKER_STOPPED"}
+                assert stopped == {"thumbnail", "overlay", "scheduler"}
+        exited = proc.wait_exit(STOP_WITHIN + 5)
+        assert exited - sent <= STOP_WITHIN, f"the dashboard took {exited - sent:.1f}s to stop after {sig}"
+        assert "a development server" in proc.output()
+    finally:
+        proc.kill()
