@@ -27,6 +27,7 @@ def _wire() -> tuple[SSESink, EventBatcher]:
                            dead_letter=os.environ["TL_DB"].replace("sqlite:///", "") + ".dead.jsonl")
     for k in range(int(os.environ.get("TL_PENDING", "0"))):
         batcher.emit("JOB_COMPLETED", {"k": k}, worker=f"pid-{os.getpid()}", source="stop-test")
+    print(f"app ready in pid {os.getpid()}", file=sys.stderr, flush=True)  # the test waits for it
     return sink, batcher
 
 

@@ -60,8 +60,14 @@ class ServerProcess:
         return bool(self.proc.stdout and not self.proc.stdout.closed and self.proc.returncode is None)
 
     def output(self) -> str:
+        """The last 60 lines printed (for failure messages)."""
         with self._cond:
             return "\n".join(self.lines[-60:])
+
+    def count(self, text: str) -> int:
+        """How many printed lines contain ``text``."""
+        with self._cond:
+            return sum(text in line for line in self.lines)
 
     def signal(self, sig: int) -> float:
         """Send ``sig``; return the monotonic time it was sent."""
