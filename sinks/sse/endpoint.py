@@ -255,15 +255,20 @@ class SSEEndpoint:
             client = self.hub.subscribe(subscription, last_id)
         except HubFullError as exc:
             return self._refuse(request, 503, str(exc), [("Retry-After", "5")])
-        except RuntimeError as exc:
-            return self._refuse(request, 503, str(exc), [("Retry-After", "5")])
+        except RuntimeError:
+            # the server is stopping: a 503 would make EventSource give up for good, so answer
+            # with a stream that ends at once with the retry hint (the browser comes back, on a
+            # new connection, to a server that is not stopping)
+            client = SSEClient(self.hub, 0, subscription, 1)
+            client.closed_reason = "server stopping"
         headers = [
             ("Content-Type", "text/event-stream; charset=utf-8"),
             ("Cache-Control", "no-cache"),
             ("X-Accel-Buffering", "no"),
         ] + self._cors(request)
         first = retry_frame(self.retry_milliseconds) + comment_frame(f"connected, client {client.number}")
-        stopping.watch(self.hub)
+        if not client.closed:
+            stopping.watch(self.hub)
         return Stream(client, headers, first, self.keepalive_seconds, self.hub, self.retry_milliseconds)
 
 

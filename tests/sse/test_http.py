@@ -320,3 +320,12 @@ def test_sse_sink_behind_the_real_batcher(serve):
     assert "WORKER_STATISTICS" in types
     assert any(m["json"]["batch_count"] == 5 for m in client.events()), types
     assert got[0]["id"]
+
+
+def test_a_stopping_server_answers_a_new_stream_with_the_retry_hint_not_a_503(serve):
+    served = serve()
+    served.hub.close()
+    late = served.connect()
+    assert late.status == 200  # EventSource gives up for good on a 503; on a 200 it retries
+    assert late.ended.wait(5) and late.error is None
+    assert late.comments[-1] == "server stopping: reconnect" and 100 <= late.retry <= 200

@@ -85,6 +85,7 @@ def test_server_stops_within_3s_with_streams_open(server: str, sig: str, tmp_pat
             sent = proc.signal(signal.SIGTERM)
         _check_goodbye(clients, sent)
         exited = proc.wait_exit(STOP_WITHIN + 5)
+        print(f"{server} {sig}: stopped {exited - sent:.2f}s after the signal")
         assert exited - sent <= STOP_WITHIN, f"{server} took {exited - sent:.1f}s to stop after {sig}"
     finally:
         proc.kill()
@@ -155,9 +156,13 @@ def test_gunicorn_preload_two_workers_tail_postgres_from_a_fresh_table(pg_engine
         for c in clients:
             assert c.wait_for(30, timeout=10) and c.ids() == [e.id for e in batch]
         seen.clear()
-        wait_until(both_workers_waiting, 15, "both workers to answer /stats again", interval=0.05)
-        for stats in seen.values():
-            assert stats["state"] == "tailing" and stats["listening"] and stats["rows_delivered"] == 30, stats
+
+        def both_workers_tailing() -> bool:
+            both_workers_waiting()
+            return len(seen) == 2 and all(
+                s["state"] == "tailing" and s["listening"] and s["rows_delivered"] == 30 for s in seen.values())
+
+        wait_until(both_workers_tailing, 15, f"both workers to tail and listen: {seen}", interval=0.05)
         sent = proc.signal(signal.SIGTERM)
         for c in clients:
             assert c.ended.wait(max(0.1, sent + STOP_WITHIN - time.monotonic()))
