@@ -10,7 +10,7 @@ import time
 import pytest
 
 from timelapser_workers.sinks.sse import SSEHub, SSERefused
-from tests.sse.conftest import SSETestClient, events, wait_until
+from tests.sse.conftest import SSETestClient, events, marker, wait_until
 from timelapser_workers.events import make_event
 
 
@@ -89,8 +89,10 @@ def test_resume_with_last_event_id_header_and_query(serve):
     served.hub.publish(live)
     assert by_header.wait_for(7) and by_header.ids() == [e.id for e in missed + live]
     assert by_query.wait_for(9) and by_query.ids() == [e.id for e in first[3:] + missed + live]
-    time.sleep(0.1)  # margin: nothing more may arrive
-    assert len(by_header.ids()) == 7 and len(set(by_query.ids())) == 9
+    end = marker()
+    served.hub.publish([end])  # nothing more (no double) before it
+    assert [m["id"] for m in by_header.until(end.id)] == [e.id for e in missed + live]
+    assert [m["id"] for m in by_query.until(end.id)] == [e.id for e in first[3:] + missed + live]
     assert not [m for m in by_header.messages if m["event"] == "stream-reset"]
 
 
@@ -184,8 +186,11 @@ def test_channel_filtering_by_worker_source_and_type(serve):
     assert [m["json"]["data"]["k"] for m in a.wait_for(3)] == [0, 3, 4]
     assert [m["json"]["data"]["k"] for m in b.wait_for(2)] == [1, 2]
     assert [m["json"]["data"]["k"] for m in c.wait_for(2)] == [1, 4]
-    time.sleep(0.1)
-    assert len(a.events()) == 3 and len(b.events()) == 2 and len(c.events()) == 2
+    ends = [marker(worker="w1"), marker(worker="w2"), marker(type="JOB_FAILED", source="s1")]
+    served.hub.publish(ends)  # each matches one client's filter: nothing else came before it
+    assert [m["json"]["data"]["k"] for m in a.until(ends[0].id)] == [0, 3, 4]
+    assert [m["json"]["data"]["k"] for m in b.until(ends[1].id)] == [1, 2]
+    assert [m["json"]["data"].get("k") for m in c.until(ends[2].id)] == [1, 4]
 
 
 def test_authorization_hook_refuses_and_restricts(serve):
@@ -214,8 +219,9 @@ def test_authorization_hook_refuses_and_restricts(serve):
     served.hub.publish(events(2, worker="w2") + events(1, worker="w1"))
     assert [m["json"]["worker"] for m in limited.wait_for(1)] == ["w1"]
     assert full.wait_for(3)
-    time.sleep(0.1)
-    assert len(limited.events()) == 1
+    end = marker(worker="w1")
+    served.hub.publish([end])
+    assert [m["json"]["worker"] for m in limited.until(end.id)] == ["w1"]
 
 
 def test_authorization_hook_crash_is_a_500_not_a_dead_thread(serve):
@@ -292,8 +298,9 @@ def test_injection_in_names_ids_and_data_forges_nothing(serve):
     ]
     served.hub.publish(batch)
     got = client.wait_for(2)
-    time.sleep(0.1)
-    assert len(client.messages) == 2
+    end = marker()
+    served.hub.publish([end])
+    assert len(client.until(end.id)) == 2 and len(client.messages) == 3  # nothing forged between
     assert [m["id"] for m in got] == [e.id for e in batch]
     assert got[0]["event"] == evil.replace("\r", "\ufffd").replace("\n", "\ufffd")
     assert got[0]["json"]["data"]["x"] == batch[0].data["x"]  # data survives exactly, as JSON
