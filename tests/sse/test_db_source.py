@@ -206,3 +206,23 @@ def test_a_huge_id_jump_is_not_waited_for(sqlite_engine):
                              "VALUES (60000, 'far', 'T', '{}', 'NORMAL', '2026-01-01 00:00:00', 1)"))
     assert source.poll_once() == 1
     assert source.stats()["missing_ids"] == 0 and source.stats()["gaps_given_up"] >= 9000
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("listen", [True, False], ids=["listening", "polling-only"])
+def test_postgres_fallback_poll_delivers_rows_written_without_notify(pg_engine, pg_table, served_hub, listen):
+    """README: the source polls as a fallback, so rows whose writer sent no NOTIFY still arrive."""
+    hub, connect = served_hub
+    source = DatabaseEventSource(pg_engine, hub, table=pg_table, channel=pg_table,
+                                 poll_interval_seconds=0.3, listen=listen).start()
+    try:
+        client = connect()
+        wait_until(lambda: source.stats()["polls"] >= 1, 5, "the first read")
+        assert source.stats()["listening"] is listen
+        batch = events(4)
+        with pg_engine.begin() as conn:
+            write_rows(conn, pg_table, batch, notify=None)
+        assert client.wait_for(4, timeout=5) and client.ids() == [e.id for e in batch]
+        assert source.stats()["notifications"] == 0  # it was the poll, not a wake-up
+    finally:
+        source.stop()

@@ -336,3 +336,43 @@ def test_a_stopping_server_answers_a_new_stream_with_the_retry_hint_not_a_503(se
     assert late.status == 200  # EventSource gives up for good on a 503; on a 200 it retries
     assert late.ended.wait(5) and late.error is None
     assert late.comments[-1] == "server stopping: reconnect" and 100 <= late.retry <= 200
+
+
+def test_a_client_cut_off_as_slow_resumes_from_replay_losing_nothing(serve):
+    """README: a client that falls too far behind is cut off and resumes from the replay buffer."""
+    hub = SSEHub(client_queue_events=100, replay_events=2000)
+    served = serve(hub=hub)
+    slow = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.connect(("127.0.0.1", served.port))
+    slow.sendall(b"GET /events HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")  # 1.0: no chunking to undo
+    wait_until(lambda: hub.client_count == 1, 5, "the slow client")
+    published = []
+    for b in range(300):  # it reads nothing meanwhile: ~2 kB events until its queue overflows
+        batch = events(50, pad="x" * 2000, batch=b)
+        hub.publish(batch)
+        published += [e.id for e in batch]
+        if hub.stats()["clients_dropped_slow"] == 1:
+            break
+        # the server writes until the socket's buffers are full; then its queue grows
+        deadline = time.monotonic() + 0.3
+        while hub.stats()["frames_pending"] and time.monotonic() < deadline:
+            time.sleep(0.005)
+    assert hub.stats()["clients_dropped_slow"] == 1, "the slow client was never cut off"
+    after = events(5)
+    hub.publish(after)
+    published += [e.id for e in after]
+    # what the browser got before the server let it go: whole frames, in order
+    slow.settimeout(10)
+    raw = b""
+    while chunk := slow.recv(65536):
+        raw += chunk
+    slow.close()
+    frames = raw.split(b"\r\n\r\n", 1)[1].split(b"\n\n")[:-1]  # the last piece is unterminated
+    got = [line[4:].decode() for f in frames for line in f.split(b"\n") if line.startswith(b"id: ")]
+    assert got and got == published[: len(got)] and len(got) < len(published)
+    # it reconnects as EventSource does, with the last id it saw: exactly the rest, once each
+    again = served.connect(headers={"Last-Event-ID": got[-1]})
+    rest = again.wait_for(len(published) - len(got), timeout=20)
+    assert [m["id"] for m in rest] == published[len(got):]
+    assert not [m for m in again.messages if m["event"] == "stream-reset"]
