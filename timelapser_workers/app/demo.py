@@ -237,7 +237,8 @@ def serve(args: argparse.Namespace, db_url: str, workdir: Path) -> int:
     pipe = _Pipeline(db_url, f"demo_events_live_{int(time.time())}", use_batching=True,
                      workdir=workdir, cameras=args.cameras, period=args.period, port=args.port)
     try:
-        print(f"dashboard: {pipe.server.url}/   (Ctrl-C to stop)", flush=True)
+        print(f"dashboard: {pipe.server.url}/   (Ctrl-C to stop; a development server: for "
+              "production see the README's Server-Sent Events section)", flush=True)
         pipe.start()
         deadline = None if args.duration is None else time.monotonic() + args.duration
         try:
