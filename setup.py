@@ -106,6 +106,9 @@ setup(
             "prometheus-client>=0.17",
             "opentelemetry-sdk>=1.20",
             "structlog>=23.1",
+            # README's FastAPI block runs as written; servers stopping with streams open (issue 12)
+            "fastapi>=0.100",
+            "gunicorn>=21.2",
         ],
         # the example workers and the demo's JPEG frames; structlog for examples/structlog_logging.py
         "examples": ["Pillow>=10", "structlog>=23.1"],
@@ -117,6 +120,10 @@ setup(
             "psutil>=5.9",
             "pyinstrument>=4.6",
             "redis>=5.0",
+            # SSE fan-out: sse-starlette's per-event write loop as the peer; gunicorn and uvicorn
+            "sse-starlette>=1.6",
+            "uvicorn>=0.23",
+            "gunicorn>=21.2",
         ],
     },
     entry_points={

@@ -33,6 +33,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.engine.url import URL
 
 from timelapser_workers.contract import BaseSink, Event
+from timelapser_workers.sinks.options import redact_url
 from timelapser_workers.sql.codec import event_row
 from timelapser_workers.sql.engine import (
     DEFAULT_BUSY_TIMEOUT_SECONDS,
@@ -92,7 +93,7 @@ class DatabaseSink(BaseSink):
             try:
                 make_url(given)
             except Exception as exc:
-                raise ValueError(f"database URL {str(given)!r} does not parse: {exc}") from None
+                raise ValueError(f"database URL {redact_url(str(given))!r} does not parse: {redact_url(str(exc))}") from None
             self.engine = create_sink_engine(
                 given,
                 busy_timeout=busy_timeout,
@@ -179,19 +180,19 @@ class DatabaseSink(BaseSink):
         sink_opts = {k: query.pop(k) for k in list(query) if k in URL_OPTIONS}
         if query and backend != "postgresql":
             raise ValueError(
-                f"unknown option(s) {', '.join(sorted(query))} in {url!r}; "
+                f"unknown option(s) {', '.join(sorted(query))} in {redact_url(url)!r}; "
                 f"DatabaseSink takes {', '.join(sorted(URL_OPTIONS))}"
             )
         unknown_driver = set(query) - _LIBPQ_OPTIONS
         if unknown_driver:
             raise ValueError(
-                f"unknown option(s) {', '.join(sorted(unknown_driver))} in {url!r}; DatabaseSink takes "
+                f"unknown option(s) {', '.join(sorted(unknown_driver))} in {redact_url(url)!r}; DatabaseSink takes "
                 f"{', '.join(sorted(URL_OPTIONS))}, and libpq options such as sslmode"
             )
         both = set(sink_opts) & set(options)
         if both:
             raise ValueError(f"option(s) {', '.join(sorted(both))} given both in the URL and as arguments")
-        kwargs = parse_options(URL_OPTIONS, sink_opts, where=url)
+        kwargs = parse_options(URL_OPTIONS, sink_opts, where=redact_url(url))
         kwargs.update(options)
         return cls(u.set(query=query), **kwargs)
 

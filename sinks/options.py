@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
-__all__ = ["parse_options", "parse_bool"]
+__all__ = ["parse_options", "parse_bool", "redact_url"]
+
+# scheme://user:PASSWORD@ (the password runs to the last '@' before the host's '/')
+_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s'\"]*):(?P<password>[^/\s'\"]*)@")
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the password of every URL in it shown as ``***`` (user and host kept), for
+    errors, logs and stats: ``postgresql://app:***@db/app``."""
+    return _CREDENTIALS.sub(lambda m: f"{m.group('head')}:***@", text)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}

@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping, cast
 from urllib.parse import parse_qsl, urlsplit
 
 from timelapser_workers.contract import Sink
-from timelapser_workers.sinks.options import parse_options
+from timelapser_workers.sinks.options import parse_options, redact_url
 from timelapser_workers.errors import SinkLoadError
 
 __all__ = ["ENTRY_POINT_GROUP", "SinkInfo", "load_sink", "register_sink", "unregister_sink", "available_sinks", "sink_factory"]
@@ -199,19 +199,26 @@ def load_sink(spec: str | Mapping[str, Any], **options: Any) -> Sink:
         if twice:
             raise SinkLoadError(f"option(s) {', '.join(sorted(twice))} given in the config and as arguments")
         options = {**config, **options}
-        where = repr(dict(spec))
+        where = redact_url(repr(dict(spec)))  # no password in an error, a log line or stats
     elif isinstance(spec, str):
-        text, where = spec, repr(spec)
+        text, where = spec, redact_url(repr(spec))
     else:
         raise SinkLoadError(f"load_sink takes a URL, a sink name or a config dict, got {spec!r}")
     name, url = _scheme(text)
     factory = sink_factory(name)
+    failed: Exception | None = None
     try:
         sink = _build(factory, name, text, url, options)
     except SinkLoadError:
         raise
     except (TypeError, ValueError) as exc:
-        raise SinkLoadError(f"cannot build sink {name!r} from {where}: {exc}") from exc
+        failed = exc
+    if failed is not None:
+        said = str(failed)
+        if redact_url(said) == said:
+            raise SinkLoadError(f"cannot build sink {name!r} from {where}: {said}") from failed
+        # raised outside the except block: neither cause nor context keeps the password
+        raise SinkLoadError(f"cannot build sink {name!r} from {where}: {redact_url(said)}")
     if not callable(getattr(sink, "send", None)):
         raise SinkLoadError(f"sink {name!r} factory {_qualname(factory)} returned {sink!r}, which has no send(batch)")
     logger.debug("loaded sink %r from %s", getattr(sink, "name", name), where)

@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     batcher = EventBatcher([sink], batch_size=10, batch_timeout=0.5)
     server = ServerThread(make_server(make_app(sink, batchers=[batcher]), args.host, args.port)).start()
     workers = SampleWorkers(batcher, args.workers, args.rate).start()
-    print(f"dashboard: {server.url}/  (Ctrl-C to stop)", flush=True)
+    print(f"dashboard: {server.url}/  (Ctrl-C to stop; a development server: for production see "
+          "the README's Server-Sent Events section)", flush=True)
     try:
         if args.duration > 0:
             time.sleep(args.duration)

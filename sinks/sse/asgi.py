@@ -1,9 +1,13 @@
 """The SSE endpoint as a raw ASGI app (mountable in FastAPI/Starlette), no framework needed.
 
-Each stream is one task on the event loop: the hub wakes it through
-``loop.call_soon_threadsafe`` when frames arrive; ``http.disconnect`` from the server frees
-the client at once; a client the hub cuts off (slow, server-side close) ends its response
-even when the writer is stuck behind a client that stopped reading.
+Each stream is one task on the event loop. A publish wakes all the streams of one loop with
+one ``loop.call_soon_threadsafe`` (not one per stream: a thousand streams cost one wake-up of
+the loop); ``http.disconnect`` from the server frees the client at once; a client the hub cuts
+off (slow, server-side close) ends its response even when the writer is stuck behind a client
+that stopped reading. A stream the server ends on purpose ends with a ``retry`` hint.
+
+Served alone, the app answers the lifespan protocol and delivers every batcher's pending events
+at lifespan shutdown. Header names with an underscore are ignored (as gunicorn and nginx do).
 """
 
 from __future__ import annotations
@@ -11,7 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
+import weakref
 from typing import Any, Awaitable, Callable, MutableMapping
+
+from timelapser_workers import lifecycle
 
 from timelapser_workers.sinks.sse.endpoint import KEEPALIVE, Refusal, SSEEndpoint, SSERequest, Stream, resolve_endpoint
 from timelapser_workers.sinks.sse.hub import SSEHub
@@ -33,6 +41,8 @@ def request_from_scope(scope: Scope) -> SSERequest:
     headers: dict[str, str] = {}
     for name, value in scope.get("headers", ()):
         key = name.decode("latin-1").lower()
+        if "_" in key:  # as gunicorn and nginx: never let X_User pose as X-User
+            continue
         text = value.decode("latin-1")
         headers[key] = f"{headers[key]}, {text}" if key in headers else text
     raw_query = scope.get("query_string", b"")
@@ -89,14 +99,55 @@ class SSEAsgiApp:
             result.close()
 
 
+#: What delivering the batchers' pending events may take at lifespan shutdown.
+_SHUTDOWN_FLUSH_SECONDS = 2.0
+
+
 async def _lifespan(receive: Receive, send: Send) -> None:
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            try:
+                await asyncio.to_thread(lifecycle.flush_all, _SHUTDOWN_FLUSH_SECONDS)
+            except Exception:
+                log.exception("delivering pending events at lifespan shutdown failed")
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+class _LoopWaker:
+    """Wakes the streams of one event loop: many wake-ups from other threads between two turns
+    of the loop cost one ``call_soon_threadsafe``."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._due: list[Callable[[], None]] = []
+
+    def wake(self, callback: Callable[[], None]) -> None:  # any thread
+        with self._lock:
+            self._due.append(callback)
+            if len(self._due) > 1:
+                return  # a run is already scheduled and will see this one
+        self.loop.call_soon_threadsafe(self._run)
+
+    def _run(self) -> None:  # the loop's thread
+        with self._lock:
+            due, self._due = self._due, []
+        for callback in due:
+            callback()
+
+
+_wakers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWaker]" = weakref.WeakKeyDictionary()
+
+
+def _waker(loop: asyncio.AbstractEventLoop) -> _LoopWaker:
+    waker = _wakers.get(loop)
+    if waker is None:
+        waker = _wakers[loop] = _LoopWaker(loop)
+    return waker
 
 
 async def _serve(stream: Stream, receive: Receive, send: Send) -> None:
@@ -110,8 +161,10 @@ async def _serve(stream: Stream, receive: Receive, send: Send) -> None:
         if client.closed:
             closed.set()
 
+    waker = _waker(loop)
+
     def on_ready() -> None:  # any thread: hand the wake-up to the loop
-        loop.call_soon_threadsafe(wake)
+        waker.wake(wake)
 
     client.on_ready = on_ready
     if client.closed:
@@ -127,6 +180,9 @@ async def _serve(stream: Stream, receive: Receive, send: Send) -> None:
                 await send({"type": "http.response.body", "body": b"".join(frames), "more_body": True})
                 continue
             if client.closed:
+                last = stream.goodbye()
+                if last:
+                    await send({"type": "http.response.body", "body": last, "more_body": True})
                 break
             try:
                 await asyncio.wait_for(ready.wait(), stream.keepalive_seconds)

@@ -6,16 +6,24 @@ Query parameters (each may repeat; several fields must all match):
 
 Anything else is refused with 400 naming the bad parameter or value; the hub being full gives
 503; the authorization hook gives 401 or 403 by raising :class:`SSERefused`.
+
+Without ``authorize`` the stream is public: every client that reaches it sees every event.
+When the server ends a stream on purpose (it is stopping, or ``disconnect_all``), the last frame
+is a ``retry`` hint between ``retry_milliseconds`` and twice that (so a thousand browsers do not
+come back in the same instant) and a comment saying why; the browser then reconnects, here or
+to another server, with ``Last-Event-ID``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import urllib.parse
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from timelapser_workers.sinks.sse.framing import comment_frame, retry_frame
+from timelapser_workers.sinks.sse import stopping
 from timelapser_workers.sinks.sse.hub import HubFullError, SSEClient, SSEHub, Subscription
 from timelapser_workers.errors import SSERefused
 
@@ -76,6 +84,14 @@ class Stream:
     first: bytes
     keepalive_seconds: float
     hub: SSEHub
+    retry_milliseconds: int = 3000
+
+    def goodbye(self) -> bytes:
+        """The last frame of a stream the server ends on purpose (empty for a slow client)."""
+        if not self.client.reconnect:
+            return b""
+        wait = self.retry_milliseconds + random.randint(0, max(self.retry_milliseconds, 1))
+        return retry_frame(wait) + comment_frame(f"{self.client.closed_reason}: reconnect")
 
     def close(self) -> None:
         """Unregister the client (idempotent); call when the connection ends for any reason."""
@@ -155,6 +171,14 @@ class SSEEndpoint:
             raise ValueError(f"retry_milliseconds must be an int >= 0, got {retry_milliseconds!r}")
         if isinstance(cors_origins, str) and cors_origins != "*":
             cors_origins = [cors_origins]
+        if cors_origins is not None and cors_origins != "*":
+            cors_origins = [_check_origin(o, cors_allow_credentials) for o in cors_origins]
+        if cors_origins == "*" and cors_allow_credentials:
+            raise ValueError(
+                'cors_origins="*" with cors_allow_credentials=True would let any website read the '
+                "stream with your users' cookies; list the origins that may "
+                '(cors_origins=["https://dashboard.example"]) or drop the credentials'
+            )
         self.hub = hub
         self.authorize = authorize
         self.cors_origins = cors_origins
@@ -168,7 +192,7 @@ class SSEEndpoint:
             return []
         if self.cors_origins == "*" and not self.cors_allow_credentials:
             return [("Access-Control-Allow-Origin", "*")]
-        if self.cors_origins == "*" or origin in self.cors_origins:
+        if origin in self.cors_origins:
             headers = [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
             if self.cors_allow_credentials:
                 headers.append(("Access-Control-Allow-Credentials", "true"))
@@ -231,15 +255,36 @@ class SSEEndpoint:
             client = self.hub.subscribe(subscription, last_id)
         except HubFullError as exc:
             return self._refuse(request, 503, str(exc), [("Retry-After", "5")])
-        except RuntimeError as exc:
-            return self._refuse(request, 503, str(exc), [("Retry-After", "5")])
+        except RuntimeError:
+            # the server is stopping: a 503 would make EventSource give up for good, so answer
+            # with a stream that ends at once with the retry hint (the browser comes back, on a
+            # new connection, to a server that is not stopping)
+            client = SSEClient(self.hub, 0, subscription, 1)
+            client.closed_reason = "server stopping"
         headers = [
             ("Content-Type", "text/event-stream; charset=utf-8"),
             ("Cache-Control", "no-cache"),
             ("X-Accel-Buffering", "no"),
         ] + self._cors(request)
         first = retry_frame(self.retry_milliseconds) + comment_frame(f"connected, client {client.number}")
-        return Stream(client, headers, first, self.keepalive_seconds, self.hub)
+        if not client.closed:
+            stopping.watch(self.hub)
+        return Stream(client, headers, first, self.keepalive_seconds, self.hub, self.retry_milliseconds)
+
+
+def _check_origin(origin: object, credentials: bool) -> str:
+    """An origin as browsers send it: ``scheme://host[:port]``, no path; ``*`` only alone."""
+    if not isinstance(origin, str):
+        raise ValueError(f"cors_origins must hold origin strings, got {origin!r}")
+    if origin == "*":
+        raise ValueError('give cors_origins="*" on its own (not inside a list), and never with credentials')
+    parts = urllib.parse.urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
+        raise ValueError(
+            f"CORS origin {origin!r} is not an origin; write it as the browser sends it, "
+            "e.g. 'https://dashboard.example' or 'http://localhost:3000' (no path, no slash)"
+        )
+    return origin
 
 
 def resolve_endpoint(

@@ -15,6 +15,10 @@ be given that log as its :class:`BackingLog`: a resume id the buffer does not ho
 up there (outside the hub's lock), so a client that moves to another web process with its
 ``Last-Event-ID`` gets exactly what it missed, and ``stream-reset`` only when the log has lost it
 too. :meth:`SSEHub.reset_stream` tells every client that events were lost upstream.
+
+Cost per published batch: each event's frame is encoded once; a client that sees every event
+gets the whole batch as one pre-joined chunk (one queue entry, one write), a filtered client
+gets its matching frames. A writer takes all that is pending for its client at once.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ import dataclasses
 import itertools
 import logging
 import threading
+import time
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
+from timelapser_workers import lifecycle
 from timelapser_workers.sinks.sse.backing_log import Backlog, BackingLog
 from timelapser_workers.sinks.sse.framing import event_frame
 from timelapser_workers.events import Event
@@ -63,6 +69,13 @@ class Subscription:
     sources: frozenset[str] | None = None
     types: frozenset[str] | None = None
     allowed: frozenset[str] | None = None
+
+    def everything(self) -> bool:
+        """True when this client sees every event (no filter, no restriction)."""
+        return (
+            self.workers is None and self.sources is None and self.types is None
+            and (self.allowed is None or "*" in self.allowed)
+        )
 
     def matches(self, worker: str | None, source: str | None, type: str | None) -> bool:
         """True when an event with these fields should reach this client."""
@@ -107,18 +120,28 @@ class SSEClient:
         #: Called (from any thread) whenever frames arrive or the client is closed.
         self.on_ready: Callable[[], None] | None = None
         self._frames: collections.deque[bytes] = collections.deque()
+        self._queued = 0  # events in _frames (a chunk holds a whole batch)
         self._ready = threading.Event()
+        self.sees_everything = subscription.everything()
 
     @property
     def closed(self) -> bool:
         """True once the hub cut this client off (slow, server-side close, hub closed)."""
         return self.closed_reason is not None
 
+    @property
+    def reconnect(self) -> bool:
+        """True when the server ended this stream on purpose (stopping, ``disconnect_all``):
+        its writer sends a last ``retry`` hint. A client cut off as slow just loses the
+        connection (its queue is dropped) and reconnects with its usual delay."""
+        return self.closed_reason is not None and self.closed_reason != "slow"
+
     def take(self) -> list[bytes]:
         """Return and forget every pending frame (possibly none)."""
         with self.hub._lock:
             frames = list(self._frames)
             self._frames.clear()
+            self._queued = 0
             self._ready.clear()
             self.max_queue = self.hub.client_queue_events  # a resume backlog, once taken, is gone
         return frames
@@ -128,14 +151,15 @@ class SSEClient:
         return self._ready.wait(timeout)
 
     def pending(self) -> int:
-        """How many frames wait to be written."""
-        return len(self._frames)
+        """How many events wait to be written."""
+        return self._queued
 
     # called with the hub's lock held
-    def _push(self, frame: bytes) -> bool:
-        if len(self._frames) >= self.max_queue:
+    def _push(self, frame: bytes, events: int = 1) -> bool:
+        if self._queued + events > self.max_queue:
             return False
         self._frames.append(frame)
+        self._queued += events
         return True
 
     def _signal(self) -> None:
@@ -148,13 +172,13 @@ class SSEClient:
                 log.debug("on_ready callback of SSE client %d failed", self.number, exc_info=True)
 
     def __repr__(self) -> str:
-        return f"<SSEClient #{self.number} pending={len(self._frames)} closed={self.closed_reason}>"
+        return f"<SSEClient #{self.number} pending={self._queued} closed={self.closed_reason}>"
 
 
 class SSEHub:
     """Fan-out of events to SSE clients, with a replay buffer of the last ``replay_events``.
 
-    ``client_queue_events``: frames one client may have waiting before it is cut off as slow.
+    ``client_queue_events``: events one client may have waiting before it is cut off as slow.
     ``max_clients``: :meth:`subscribe` raises :class:`HubFullError` beyond it (HTTP 503).
     ``named_events``: send each event with ``event: <type>`` (listen with addEventListener);
     by default events arrive as plain messages (``onmessage``) carrying their type in the JSON.
@@ -184,11 +208,13 @@ class SSEHub:
         #: Asked for resume ids the replay buffer does not hold (None: they get stream-reset).
         self.backing_log = backing_log
         self._lock = threading.Lock()
+        self._writers_done = threading.Condition(self._lock)
         self._replay: collections.deque[_Entry] = collections.deque()
         self._index: dict[str, int] = {}  # event id -> seq, for what the replay buffer holds
         self._seq = itertools.count(1)
         self._numbers = itertools.count(1)
         self._clients: set[SSEClient] = set()
+        self._open: set[SSEClient] = set()  # subscribed and not yet unsubscribed (writer running)
         self._closed = False
         self._stats = collections.Counter(
             {
@@ -207,6 +233,14 @@ class SSEHub:
                 "upstream_resets": 0,
             }
         )
+        lifecycle.after_fork_in_child(self._after_fork)
+
+    def _after_fork(self) -> None:
+        """In a forked child: fresh locks; the parent's connections are not this process's."""
+        self._lock = threading.Lock()
+        self._writers_done = threading.Condition(self._lock)
+        self._clients = set()
+        self._open = set()
 
     # --- publishing ---------------------------------------------------------------------------
     def publish(self, events: Iterable[Event]) -> int:
@@ -231,39 +265,44 @@ class SSEHub:
             frame = self._frame(event_id, record)
             entries.append((event_id, frame, record.get("worker"), record.get("source"), record["type"]))
         slow: list[SSEClient] = []
-        published = 0
         with self._lock:
             if self._closed:
                 return 0
-            clients = list(self._clients)
+            fresh: list[_Entry] = []
             for event_id, frame, worker, source, etype in entries:
-                if event_id in self._index:
+                if event_id in self._index:  # (_remember indexes each new one at once)
                     self._stats["duplicates_skipped"] += 1
                     continue
                 entry = _Entry(next(self._seq), event_id, frame, worker, source, etype)
                 self._remember(entry)
-                published += 1
-                for client in clients:
-                    if client.closed_reason is None and client.subscription.matches(worker, source, etype):
-                        if client._push(frame):
-                            self._stats["frames_queued"] += 1
-                        else:
-                            slow.append(client)
-                            self._close_locked(client, "slow")
-            self._stats["events_published"] += published
-            targets = clients
+                fresh.append(entry)
+            if not fresh:
+                return 0
+            chunk = fresh[0].frame if len(fresh) == 1 else b"".join(e.frame for e in fresh)
+            targets = [c for c in self._clients if c.closed_reason is None]
+            for client in targets:
+                if client.sees_everything:
+                    ok, queued = client._push(chunk, len(fresh)), len(fresh)
+                else:
+                    mine = [e.frame for e in fresh if client.subscription.matches(e.worker, e.source, e.type)]
+                    if not mine:
+                        continue
+                    ok, queued = client._push(b"".join(mine), len(mine)), len(mine)
+                if ok:
+                    self._stats["frames_queued"] += queued
+                else:
+                    slow.append(client)
+                    self._close_locked(client, "slow")
+            self._stats["events_published"] += len(fresh)
         for client in slow:
             log.warning(
-                "SSE client #%d cut off: %d frames waiting (client_queue_events=%d)",
+                "SSE client #%d cut off: more than %d events waiting (client_queue_events=%d)",
                 client.number, client.max_queue, self.client_queue_events,
             )
-        if published or slow:
-            for client in targets:
-                if client._frames or client.closed_reason is not None:
-                    client._signal()
-            for client in slow:
+        for client in targets:
+            if client._frames or client.closed_reason is not None:
                 client._signal()
-        return published
+        return len(fresh)
 
     def _frame(self, sse_id: str, record: Mapping[str, Any]) -> bytes:
         return event_frame(dict(record), id=sse_id, event=str(record["type"]) if self.named_events else None)
@@ -294,7 +333,7 @@ class SSEHub:
                 backlog = self._read_backing_log(last_event_id)
         with self._lock:
             if self._closed:
-                raise RuntimeError("SSEHub is closed")
+                raise RuntimeError("SSEHub is closed (the server is stopping)")
             if len(self._clients) >= self.max_clients:
                 self._stats["clients_refused_full"] += 1
                 raise HubFullError(f"SSE hub has its maximum of {self.max_clients} clients")
@@ -308,12 +347,13 @@ class SSEHub:
                     after = self._splice_backlog(client, last_event_id, backlog)
                 if after is None:
                     self._stats["stream_resets"] += 1
-                    client._push(self._reset_frame(last_event_id, backlog.lost if backlog else None))
+                    client._push(self._reset_frame(last_event_id, subscription, backlog.lost if backlog else None))
                     after = 0
                 for entry in self._replay:
                     if entry.seq > after and subscription.matches(entry.worker, entry.source, entry.type):
                         client._push(entry.frame)
             self._clients.add(client)
+            self._open.add(client)
             self._stats["clients_total"] += 1
             self._stats["clients_peak"] = max(self._stats["clients_peak"], len(self._clients))
         if client._frames:
@@ -351,13 +391,15 @@ class SSEHub:
         self._stats["resumes_from_backing_log"] += 1
         return after
 
-    def _reset_frame(self, last_event_id: str, lost: str | None = None) -> bytes:
-        oldest = self._replay[0].id if self._replay else None
+    def _reset_frame(self, last_event_id: str, subscription: Subscription, lost: str | None = None) -> bytes:
+        # only what this client may see: the oldest id *it* can still resume from
+        oldest = next(
+            (e.id for e in self._replay if subscription.matches(e.worker, e.source, e.type)), None
+        )
         data = {
             "reason": lost or "last event id is not in the replay buffer (expired or unknown)",
             "last_event_id": last_event_id,
             "oldest_available_id": oldest,
-            "replay_events": self.replay_events,
         }
         return event_frame(data, event=STREAM_RESET)
 
@@ -380,16 +422,20 @@ class SSEHub:
         return len(clients) - len(slow)
 
     def unsubscribe(self, client: SSEClient) -> None:
-        """Forget ``client`` and its pending frames (idempotent)."""
+        """Forget ``client`` and its pending frames (idempotent); its writer is done."""
         with self._lock:
             self._clients.discard(client)
+            self._open.discard(client)
             client._frames.clear()
+            client._queued = 0
+            self._writers_done.notify_all()
 
     def _close_locked(self, client: SSEClient, reason: str) -> None:
         if client.closed_reason is None:
             client.closed_reason = reason
             if reason == "slow":
                 client._frames.clear()  # its memory is the point; the browser resumes from replay
+                client._queued = 0
             # otherwise the writer sends what is already queued, then ends the stream
             self._clients.discard(client)
             if reason == "slow":
@@ -397,10 +443,17 @@ class SSEHub:
             else:
                 self._stats["clients_closed_by_server"] += 1
 
+    def disconnect(self, client: SSEClient, reason: str = "server") -> None:
+        """End one client's stream after what is queued for it (its writer sends a ``retry``)."""
+        with self._lock:
+            self._close_locked(client, reason)
+        client._signal()
+
     def disconnect_all(self, reason: str = "server") -> int:
         """End every client's stream after what is already queued for it; return how many.
 
-        Browsers reconnect (after the ``retry`` hint) and resume with ``Last-Event-ID``.
+        Each writer sends a last ``retry`` hint; browsers reconnect (here or to another
+        server) and resume with ``Last-Event-ID``.
         """
         with self._lock:
             clients = list(self._clients)
@@ -410,11 +463,26 @@ class SSEHub:
             client._signal()
         return len(clients)
 
-    def close(self) -> None:
-        """Disconnect every client and refuse new ones and new events."""
+    def close(self, timeout: float = 0.0) -> int:
+        """Refuse new clients and events, end every stream, and wait up to ``timeout`` seconds
+        for their writers to send what is queued and the last ``retry`` hint. Returns how many
+        writers had not finished by then (0: every browser was told to reconnect)."""
         with self._lock:
             self._closed = True
-        self.disconnect_all("hub closed")
+        self.disconnect_all("server stopping")
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._open:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._writers_done.wait(left)
+            return len(self._open)
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
 
     # --- introspection ------------------------------------------------------------------------
     @property
@@ -433,5 +501,5 @@ class SSEHub:
             out = dict(self._stats)
             out["clients"] = len(self._clients)
             out["replay_buffered"] = len(self._replay)
-            out["frames_pending"] = sum(len(c._frames) for c in self._clients)
+            out["frames_pending"] = sum(c._queued for c in self._clients)
         return out

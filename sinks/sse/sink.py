@@ -58,8 +58,9 @@ class SSESink(BaseSink):
         self.hub.publish(batch)
 
     def close(self, timeout: float | None = None) -> None:
-        """Disconnect every client (their browsers will retry and find the server gone)."""
-        self.hub.close()
+        """End every stream (each gets a last ``retry`` hint; browsers reconnect and resume),
+        waiting up to ``timeout`` (at most 2 s) for the writers to send it."""
+        self.hub.close(2.0 if timeout is None else max(0.0, min(timeout, 2.0)))
 
     def wsgi_app(self, **options: Any) -> Any:
         """A WSGI app serving this sink's hub (options as for :class:`SSEEndpoint`)."""

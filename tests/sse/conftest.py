@@ -37,7 +37,13 @@ class SSEMessage(dict):
 
 
 class SSETestClient:
-    """Connects to ``url`` + ``path`` and parses the stream on its own thread, as a browser would."""
+    """Connects to ``url`` + ``path`` and parses the stream on its own thread, as a browser would.
+
+    Anything that goes wrong while reading (a malformed frame, a broken connection) is recorded
+    in ``error`` and raised again by every method a test calls afterwards: a stream that broke
+    can never pass for one where nothing more arrived. Ending cleanly (EOF) is not an error;
+    :meth:`close` by the test is not either.
+    """
 
     def __init__(self, port: int, path: str = "/events", headers: dict[str, str] | None = None, timeout: float = 20.0) -> None:
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
@@ -51,6 +57,7 @@ class SSETestClient:
         self.retry: int | None = None
         self.ended = threading.Event()
         self.error: BaseException | None = None
+        self._closing = False
         self._cond = threading.Condition()
         if self.status == 200:
             self.thread = threading.Thread(target=self._read, daemon=True)
@@ -72,7 +79,10 @@ class SSETestClient:
                 if line == "":
                     if data:
                         msg = SSEMessage(id=fields.get("id"), event=fields.get("event", "message"), data="\n".join(data))
-                        msg["json"] = json.loads(msg["data"])
+                        try:
+                            msg["json"] = json.loads(msg["data"])
+                        except ValueError as exc:
+                            raise AssertionError(f"malformed SSE data {msg['data']!r}: {exc}") from exc
                         msg["t"] = time.monotonic()
                         with self._cond:
                             self.messages.append(msg)
@@ -87,22 +97,61 @@ class SSETestClient:
                         data.append(value)
                     elif name == "retry":
                         self.retry = int(value)
-                    else:
+                    elif name in ("id", "event"):
                         fields[name] = value
-        except BaseException as exc:  # closed under us at the end of a test
-            self.error = exc
+                    else:
+                        raise AssertionError(f"unknown SSE field in line {line!r}")
+        except BaseException as exc:
+            if not self._closing:  # closed under us by close(): not the stream's fault
+                self.error = exc
+        else:  # the server ended the stream: let the connection go, as a browser may
+            self.response.close()
+            self.conn.close()
         finally:
             self.ended.set()
             with self._cond:
                 self._cond.notify_all()
 
+    def check(self) -> None:
+        """Raise what went wrong while reading, if anything did."""
+        if self.error is not None:
+            raise AssertionError(f"the SSE reader failed: {self.error!r}") from self.error
+
+    def assert_alive(self) -> None:
+        """The stream is still open and nothing went wrong reading it."""
+        self.check()
+        assert not self.ended.is_set(), "the stream ended"
+
     def events(self) -> list[SSEMessage]:
         """Real events (those with an id)."""
+        self.check()
         with self._cond:
             return [m for m in self.messages if m["id"] is not None]
 
     def ids(self) -> list[str]:
         return [m["id"] for m in self.events()]
+
+    def until(self, marker_id: str, timeout: float = 10.0) -> list[SSEMessage]:
+        """Wait for the event ``marker_id`` (published after everything a test expects) and
+        return the real events before it: "nothing more arrived" as a positive check."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not any(m["id"] == marker_id for m in self.messages):
+                left = deadline - time.monotonic()
+                self.check()
+                assert left > 0 and not self.ended.is_set(), (
+                    f"marker {marker_id} did not arrive; ended={self.ended.is_set()}, got {len(self.messages)} messages")
+                self._cond.wait(min(left, 0.5))
+        self.assert_alive()
+        events = self.events()
+        return events[: [m["id"] for m in events].index(marker_id)]
+
+    def wait_comments(self, text: str, more: int, timeout: float = 10.0) -> None:
+        """Wait for ``more`` further comment lines ``text`` (e.g. keep-alives: time has passed
+        on a live stream, and everything the server wrote before them has been read)."""
+        target = self.comments.count(text) + more
+        wait_until(lambda: self.check() or self.comments.count(text) >= target, timeout, f"{more} more {text!r} comments")
+        self.assert_alive()
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[SSEMessage]:
         """Wait until ``count`` real events arrived; fail with what did arrive otherwise."""
@@ -118,6 +167,7 @@ class SSETestClient:
         return events
 
     def close(self) -> None:
+        self._closing = not self.ended.is_set()
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -125,6 +175,7 @@ class SSETestClient:
         self.ended.wait(2.0)
         self.response.close()  # the response's file holds the socket open until it closes too
         self.conn.close()
+        self.check()
 
 
 class Served:
@@ -189,6 +240,11 @@ def serve(request: pytest.FixtureRequest) -> Iterator[Callable[..., Served]]:
 def events(n: int, *, worker: str = "w1", source: str | None = "test", type: str = "JOB_COMPLETED", **data: Any) -> list[Event]:
     """``n`` fresh events with data {"i": k, **data}."""
     return [make_event(type, {"i": k, **data}, worker=worker, source=source) for k in range(n)]
+
+
+def marker(*, worker: str = "w1", source: str | None = "test", type: str = "MARKER") -> Event:
+    """An event published after the ones a test expects; see :meth:`SSETestClient.until`."""
+    return make_event(type, {"marker": True}, worker=worker, source=source)
 
 
 # --- databases -------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
@@ -126,12 +125,14 @@ def test_dashboard_shows_live_events_survives_reconnect_every_event_once(browser
         # forced reconnect: the server closes every stream; the workers keep emitting meanwhile
         assert sink.hub.disconnect_all() == 1
         wait_until(lambda: snapshot()["opens"] >= 2 and snapshot()["state"] == "open", 20, "the page to reconnect")
-        time.sleep(0.3)  # let some events flow on the new connection too
+        shown = len(snapshot()["ids"])
+        wait_until(lambda: len(snapshot()["ids"]) >= shown + 10, 20, "events on the new connection too")
         workers.stop()
+        # a last event after everything else: once the page shows it, nothing is still on its way
+        batcher.emit("JOB_COMPLETED", {"job_id": -1, "marker": True}, worker=workers.names[0], source="dashboard")
         assert batcher.flush(10).complete
         published = sink.hub.replay_ids()
-        wait_until(lambda: len(snapshot()["ids"]) >= len(published), 20, f"all {len(published)} events on the page")
-        time.sleep(0.3)  # margin: nothing more (no duplicate) may arrive
+        wait_until(lambda: snapshot()["ids"][-1:] == published[-1:], 20, "the last event on the page")
         final = snapshot()
         assert final["ids"] == published  # every event exactly once, in order
         assert final["duplicates"] == 0 and final["errors"] == 0 and final["resets"] == 0

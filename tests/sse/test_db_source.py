@@ -16,7 +16,7 @@ from timelapser_workers.sinks.database import DatabaseSink
 from timelapser_workers.sinks.sse import SSEHub
 from timelapser_workers.sources.database import DatabaseEventSource
 from timelapser_workers.sinks.sse.wsgi import ServerThread, SSEWsgiApp, make_server
-from tests.sse.conftest import PG_URL, SSETestClient, events, wait_until, write_rows
+from tests.sse.conftest import PG_URL, SSETestClient, events, marker, wait_until, write_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -91,19 +91,27 @@ def test_postgres_notify_wakes_and_out_of_order_commit_is_not_skipped(pg_engine,
         with pg_engine.begin() as conn:
             write_rows(conn, pg_table, fast, notify=pg_table)
         client.wait_for(5, timeout=5)
-        time.sleep(1.0)  # margin: well past the gap grace, while A is still open
-        assert client.ids() == [e.id for e in first + fast]
-        assert source.stats()["missing_ids"] >= 3
+        # well past the gap grace (0.2 s) while A is still open: the source polls every 0.1 s
+        # for the missing ids and must go on waiting for them, not give them up
+        polls = source.stats()["polls"]
+        wait_until(lambda: source.stats()["polls"] >= polls + 8, 10, "eight more polls (> 0.8 s)")
+        assert source.stats()["missing_ids"] >= 3 and source.stats()["gaps_given_up"] == 0
+        end = marker()
+        with pg_engine.begin() as conn:
+            write_rows(conn, pg_table, [end], notify=pg_table)
+        assert [m["id"] for m in client.until(end.id)] == [e.id for e in first + fast]
         a_txn.commit()
         a.execute(sa.text(f"NOTIFY {pg_table}"))
         a.commit()
         a.close()
-        got = client.wait_for(8, timeout=5)
-        assert [m["id"] for m in got] == [e.id for e in first + fast + slow]
+        got = client.wait_for(9, timeout=5)
+        assert [m["id"] for m in got] == [e.id for e in first + fast + [end] + slow]
         wait_until(lambda: source.stats()["missing_ids"] == 0, 5, "the rolled-back ids to be given up")
         assert source.stats()["gaps_given_up"] == 2
-        time.sleep(0.2)
-        assert len(client.events()) == 8
+        end2 = marker()
+        with pg_engine.begin() as conn:
+            write_rows(conn, pg_table, [end2], notify=pg_table)
+        assert len(client.until(end2.id)) == 9  # the rolled-back rows never appear
     finally:
         source.stop()
 
@@ -119,8 +127,8 @@ def test_postgres_lost_listener_reconnects_and_catches_up(pg_engine, pg_table, s
         # rows nobody is told about (no NOTIFY; the fallback poll is 30 s away) ...
         with pg_engine.begin() as conn:
             write_rows(conn, pg_table, events(3), notify=None)
-        time.sleep(0.2)  # margin: they stay unseen
-        assert client.events() == []
+        client.wait_comments("keep-alive", 2)  # a second on a live stream: they stay unseen
+        assert client.events() == [] and hub.stats()["events_published"] == 0
         # ... then the listener's connection dies: the source reconnects and reads the table
         with pg_engine.begin() as conn:
             conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": old_pid})
@@ -153,12 +161,14 @@ def test_cross_process_two_writers_one_tailer_every_row_once(pg_engine, pg_table
         holder.stdin.write("commit\n")
         holder.stdin.flush()
         assert holder.wait(60) == 0
-        got = client.wait_for(250, timeout=20)
-        time.sleep(0.3)  # margin: nothing more may arrive
-        ids = client.ids()
+        client.wait_for(250, timeout=20)
+        end = marker()
+        with pg_engine.begin() as conn:
+            write_rows(conn, pg_table, [end], notify="timelapser_events")
+        ids = [m["id"] for m in client.until(end.id)]
         assert len(ids) == 250 and len(set(ids)) == 250
         with pg_engine.connect() as conn:
-            rows = conn.execute(sa.text(f"SELECT event_id, id, worker FROM {pg_table} ORDER BY id")).fetchall()
+            rows = conn.execute(sa.text(f"SELECT event_id, id, worker FROM {pg_table} WHERE event_id != :m ORDER BY id"), {"m": end.id}).fetchall()
         assert sorted(ids) == sorted(r.event_id for r in rows)
         # the held transaction's rows have lower ids than rows that committed before them
         first_holder = min(r.id for r in rows if r.worker == "holder")
@@ -196,3 +206,23 @@ def test_a_huge_id_jump_is_not_waited_for(sqlite_engine):
                              "VALUES (60000, 'far', 'T', '{}', 'NORMAL', '2026-01-01 00:00:00', 1)"))
     assert source.poll_once() == 1
     assert source.stats()["missing_ids"] == 0 and source.stats()["gaps_given_up"] >= 9000
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("listen", [True, False], ids=["listening", "polling-only"])
+def test_postgres_fallback_poll_delivers_rows_written_without_notify(pg_engine, pg_table, served_hub, listen):
+    """README: the source polls as a fallback, so rows whose writer sent no NOTIFY still arrive."""
+    hub, connect = served_hub
+    source = DatabaseEventSource(pg_engine, hub, table=pg_table, channel=pg_table,
+                                 poll_interval_seconds=0.3, listen=listen).start()
+    try:
+        client = connect()
+        wait_until(lambda: source.stats()["polls"] >= 1, 5, "the first read")
+        assert source.stats()["listening"] is listen
+        batch = events(4)
+        with pg_engine.begin() as conn:
+            write_rows(conn, pg_table, batch, notify=None)
+        assert client.wait_for(4, timeout=5) and client.ids() == [e.id for e in batch]
+        assert source.stats()["notifications"] == 0  # it was the poll, not a wake-up
+    finally:
+        source.stop()

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from timelapser_workers.sinks.sse import SSEHub, SSERefused
-from tests.sse.conftest import SSETestClient, events, wait_until
+from tests.sse.conftest import SSETestClient, events, marker, wait_until
 from timelapser_workers.events import make_event
 
 
@@ -89,8 +89,10 @@ def test_resume_with_last_event_id_header_and_query(serve):
     served.hub.publish(live)
     assert by_header.wait_for(7) and by_header.ids() == [e.id for e in missed + live]
     assert by_query.wait_for(9) and by_query.ids() == [e.id for e in first[3:] + missed + live]
-    time.sleep(0.1)  # margin: nothing more may arrive
-    assert len(by_header.ids()) == 7 and len(set(by_query.ids())) == 9
+    end = marker()
+    served.hub.publish([end])  # nothing more (no double) before it
+    assert [m["id"] for m in by_header.until(end.id)] == [e.id for e in missed + live]
+    assert [m["id"] for m in by_query.until(end.id)] == [e.id for e in first[3:] + missed + live]
     assert not [m for m in by_header.messages if m["event"] == "stream-reset"]
 
 
@@ -184,8 +186,11 @@ def test_channel_filtering_by_worker_source_and_type(serve):
     assert [m["json"]["data"]["k"] for m in a.wait_for(3)] == [0, 3, 4]
     assert [m["json"]["data"]["k"] for m in b.wait_for(2)] == [1, 2]
     assert [m["json"]["data"]["k"] for m in c.wait_for(2)] == [1, 4]
-    time.sleep(0.1)
-    assert len(a.events()) == 3 and len(b.events()) == 2 and len(c.events()) == 2
+    ends = [marker(worker="w1"), marker(worker="w2"), marker(type="JOB_FAILED", source="s1")]
+    served.hub.publish(ends)  # each matches one client's filter: nothing else came before it
+    assert [m["json"]["data"]["k"] for m in a.until(ends[0].id)] == [0, 3, 4]
+    assert [m["json"]["data"]["k"] for m in b.until(ends[1].id)] == [1, 2]
+    assert [m["json"]["data"].get("k") for m in c.until(ends[2].id)] == [1, 4]
 
 
 def test_authorization_hook_refuses_and_restricts(serve):
@@ -214,8 +219,9 @@ def test_authorization_hook_refuses_and_restricts(serve):
     served.hub.publish(events(2, worker="w2") + events(1, worker="w1"))
     assert [m["json"]["worker"] for m in limited.wait_for(1)] == ["w1"]
     assert full.wait_for(3)
-    time.sleep(0.1)
-    assert len(limited.events()) == 1
+    end = marker(worker="w1")
+    served.hub.publish([end])
+    assert [m["json"]["worker"] for m in limited.until(end.id)] == ["w1"]
 
 
 def test_authorization_hook_crash_is_a_500_not_a_dead_thread(serve):
@@ -292,8 +298,9 @@ def test_injection_in_names_ids_and_data_forges_nothing(serve):
     ]
     served.hub.publish(batch)
     got = client.wait_for(2)
-    time.sleep(0.1)
-    assert len(client.messages) == 2
+    end = marker()
+    served.hub.publish([end])
+    assert len(client.until(end.id)) == 2 and len(client.messages) == 3  # nothing forged between
     assert [m["id"] for m in got] == [e.id for e in batch]
     assert got[0]["event"] == evil.replace("\r", "\ufffd").replace("\n", "\ufffd")
     assert got[0]["json"]["data"]["x"] == batch[0].data["x"]  # data survives exactly, as JSON
@@ -320,3 +327,52 @@ def test_sse_sink_behind_the_real_batcher(serve):
     assert "WORKER_STATISTICS" in types
     assert any(m["json"]["batch_count"] == 5 for m in client.events()), types
     assert got[0]["id"]
+
+
+def test_a_stopping_server_answers_a_new_stream_with_the_retry_hint_not_a_503(serve):
+    served = serve()
+    served.hub.close()
+    late = served.connect()
+    assert late.status == 200  # EventSource gives up for good on a 503; on a 200 it retries
+    assert late.ended.wait(5) and late.error is None
+    assert late.comments[-1] == "server stopping: reconnect" and 100 <= late.retry <= 200
+
+
+def test_a_client_cut_off_as_slow_resumes_from_replay_losing_nothing(serve):
+    """README: a client that falls too far behind is cut off and resumes from the replay buffer."""
+    hub = SSEHub(client_queue_events=100, replay_events=2000)
+    served = serve(hub=hub)
+    slow = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.connect(("127.0.0.1", served.port))
+    slow.sendall(b"GET /events HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")  # 1.0: no chunking to undo
+    wait_until(lambda: hub.client_count == 1, 5, "the slow client")
+    published = []
+    for b in range(300):  # it reads nothing meanwhile: ~2 kB events until its queue overflows
+        batch = events(50, pad="x" * 2000, batch=b)
+        hub.publish(batch)
+        published += [e.id for e in batch]
+        if hub.stats()["clients_dropped_slow"] == 1:
+            break
+        # the server writes until the socket's buffers are full; then its queue grows
+        deadline = time.monotonic() + 0.3
+        while hub.stats()["frames_pending"] and time.monotonic() < deadline:
+            time.sleep(0.005)
+    assert hub.stats()["clients_dropped_slow"] == 1, "the slow client was never cut off"
+    after = events(5)
+    hub.publish(after)
+    published += [e.id for e in after]
+    # what the browser got before the server let it go: whole frames, in order
+    slow.settimeout(10)
+    raw = b""
+    while chunk := slow.recv(65536):
+        raw += chunk
+    slow.close()
+    frames = raw.split(b"\r\n\r\n", 1)[1].split(b"\n\n")[:-1]  # the last piece is unterminated
+    got = [line[4:].decode() for f in frames for line in f.split(b"\n") if line.startswith(b"id: ")]
+    assert got and got == published[: len(got)] and len(got) < len(published)
+    # it reconnects as EventSource does, with the last id it saw: exactly the rest, once each
+    again = served.connect(headers={"Last-Event-ID": got[-1]})
+    rest = again.wait_for(len(published) - len(got), timeout=20)
+    assert [m["id"] for m in rest] == published[len(got):]
+    assert not [m for m in again.messages if m["event"] == "stream-reset"]

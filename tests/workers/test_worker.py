@@ -29,8 +29,10 @@ class InboxWorker(ThreadWorker):
         super().__init__(*args, **kwargs)
         self.inbox: queue.Queue = queue.Queue()
         self.attempts: dict[int, int] = {}
+        self.fetches = 0  # loop iterations run: a test waits for them instead of sleeping
 
     def fetch_jobs(self, limit):
+        self.fetches += 1
         jobs = []
         while len(jobs) < limit:
             try:
@@ -175,17 +177,24 @@ def test_statistics_on_a_fixed_cadence_from_start(make_batcher, sink):
             time.sleep(0.02)
         return stats_count()
 
+    def iterations(n):  # the worker's loop ran n more times (it fetches once per turn)
+        target = worker.fetches + n + 1
+        deadline = time.monotonic() + 5
+        while worker.fetches < target and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert worker.fetches >= target, f"the worker loop ran {worker.fetches} times, not {target}"
+
     with worker:
         clock.advance(299)
-        time.sleep(0.2)  # many loop iterations at interval=0.01: none may emit statistics yet
+        iterations(10)  # many loop iterations: none may emit statistics yet
         assert stats_count() == 0
         clock.advance(1)
         assert wait_stats(1) == 1
-        time.sleep(0.2)  # more iterations within the same period: still one
+        iterations(10)  # more iterations within the same period: still one
         assert stats_count() == 1
         clock.advance(650)  # two periods passed at once: one snapshot now, next at start + 900
         assert wait_stats(2) == 2
-        time.sleep(0.2)
+        iterations(10)
         assert stats_count() == 2
         clock.advance(300)
         assert wait_stats(3) == 3

@@ -212,7 +212,8 @@ def serve(args: argparse.Namespace, db_url: str, workdir: Path) -> int:
     pipe = _Pipeline(db_url, f"demo_events_live_{int(time.time())}", use_batching=True,
                      workdir=workdir, cameras=args.cameras, period=args.period, port=args.port)
     try:
-        print(f"dashboard: {pipe.server.url}/   (Ctrl-C to stop; metrics at /metrics)", flush=True)
+        print(f"dashboard: {pipe.server.url}/   (Ctrl-C to stop; metrics at /metrics; a development "
+              "server: for production see the README's Server-Sent Events section)", flush=True)
         print(frames.backend_note(), file=sys.stderr, flush=True)
         pipe.start()
         deadline = None if args.duration is None else time.monotonic() + args.duration

@@ -12,6 +12,12 @@ could hold it has ended: ``gap_grace_seconds`` after the gap was seen it notes t
 transaction id (snapshot xmax); once the oldest running transaction (snapshot xmin) is past
 that, it looks one last time and then gives the id up as never committed. This assumes the id
 sequence hands out ids in time order (the default, ``CACHE 1``).
+
+Fork-safe: a source started before a fork (``gunicorn --preload``, multiprocessing) starts
+again in the child, with its own thread, pipe and LISTEN connection, from where the parent was;
+the parent's connections are left to the parent. A table that does not exist yet (a fresh
+database, before the first DatabaseSink write) is waited for, not an error. ``stats()`` says
+what the source is doing in this process: ``state``, whether its thread is alive, listening.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any, Sequence
 
 import sqlalchemy as sa
 
+from timelapser_workers import lifecycle
 from timelapser_workers.sinks.sse.hub import SSEHub
 from timelapser_workers.sql.codec import EVENT_COLUMNS, row_record
 from timelapser_workers.sql.engine import create_sink_engine
@@ -112,6 +119,10 @@ class DatabaseEventSource:
         self.missing: set[int] = set()
         self._gaps: list[_Gap] = []
         self._started = False
+        self._ready = False  # backfilled: the table exists and top is known
+        self._state = "not started"
+        self._pid = os.getpid()
+        self._last_poll: float | None = None  # monotonic
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
         self._listener: Any = None
@@ -127,18 +138,49 @@ class DatabaseEventSource:
             "listener_errors": 0,
             "gaps_filled": 0,
             "gaps_given_up": 0,
+            "restarts_after_fork": 0,
         }
+        lifecycle.after_fork_in_child(self._after_fork)
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> "DatabaseEventSource":
-        """Backfill the hub, then tail on a daemon thread. Returns self."""
+        """Backfill the hub (if the table exists yet), then tail on a daemon thread. Returns self.
+
+        Never fails on the database: a missing table is waited for, an unreachable server is
+        retried (both logged, and shown by :meth:`stats`).
+        """
         if self._started:
             raise RuntimeError("DatabaseEventSource already started")
         self._started = True
-        self._backfill()
+        self._try_backfill()
+        self._start_thread()
+        return self
+
+    def _start_thread(self) -> None:
         self._thread = threading.Thread(target=self._run, name=f"sse-db-source-{self.table}", daemon=True)
         self._thread.start()
-        return self
+
+    def _after_fork(self) -> None:
+        """In a forked child: the thread is gone and the connections are the parent's. Start
+        afresh from where the parent was (its replay buffer came along in the hub)."""
+        self._lock = threading.Lock()
+        stopped, self._stop = self._stop.is_set(), threading.Event()
+        if stopped:
+            self._stop.set()
+        self._pid = os.getpid()
+        # the parent's LISTEN connection and pooled connections stay the parent's: dropped here,
+        # never closed (psycopg2 closes a connection only in the process that opened it)
+        self._listener = None
+        self.engine.dispose(close=False)
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._wake_r, self._wake_w = os.pipe()
+        if self._started and not self._stop.is_set():
+            self.counters["restarts_after_fork"] += 1
+            self._start_thread()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the thread (within ``timeout`` seconds) and close the listener."""
@@ -152,17 +194,35 @@ class DatabaseEventSource:
             if self._thread.is_alive():
                 log.warning("DatabaseEventSource thread did not stop within %.1fs", timeout)
         self._close_listener()
+        self._state = "stopped"
         if self._own_engine:
             self.engine.dispose()
 
     def stats(self) -> dict[str, Any]:
-        """Counters, the highest id seen and how many ids are missing (in flight or given up)."""
-        return {**self.counters, "top_id": self.top, "missing_ids": len(self.missing), "listening": self._listener is not None}
+        """What the source does in this process: ``state`` ("not started", "waiting for table",
+        "tailing", "failing", "stopped"), ``thread_alive``, ``listening`` (a LISTEN connection
+        of this process, on a live thread), seconds since the last completed poll, counters, the
+        highest id seen and how many ids are missing (in flight or given up)."""
+        alive = self._thread is not None and self._thread.is_alive()
+        return {
+            **self.counters,
+            "state": self._state,
+            "pid": self._pid,
+            "thread_alive": alive,
+            "listening": alive and self._listener is not None,
+            "last_poll_age_seconds": None if self._last_poll is None else round(time.monotonic() - self._last_poll, 3),
+            "top_id": self.top,
+            "missing_ids": len(self.missing),
+        }
 
     # --- the loop -----------------------------------------------------------------------------
     def _run(self) -> None:
         backoff = 0.0
         while not self._stop.is_set():
+            if not self._ready:
+                if not self._try_backfill():
+                    self._stop.wait(self.poll_interval_seconds)
+                    continue
             catch_up = False
             if self.listen and self._listener is None:
                 # LISTEN first, then read the table: a row committed in between is in the read,
@@ -179,7 +239,9 @@ class DatabaseEventSource:
             try:
                 self.poll_once()
                 backoff = 0.0
+                self._state = "tailing"
             except Exception as exc:
+                self._state = "failing"
                 self.counters["poll_errors"] += 1
                 backoff = min(max(backoff * 2, 0.5), 10.0)
                 log.warning("polling %s failed (%s); retrying in %.1fs", self.table, exc, backoff)
@@ -238,6 +300,31 @@ class DatabaseEventSource:
     # --- reading the table --------------------------------------------------------------------
     def _select(self, where: str) -> str:
         return f"SELECT {_COLUMNS} FROM {self.table} WHERE {where}"
+
+    def _try_backfill(self) -> bool:
+        """Backfill if the table exists; False (logged once per state) while it does not or
+        the database cannot be reached."""
+        try:
+            if not sa.inspect(self.engine).has_table(self.table):
+                if self._state != "waiting for table":
+                    log.warning(
+                        "table %s does not exist yet in %s; waiting for it (a DatabaseSink creates "
+                        "it on its first write), checking every %.1fs",
+                        self.table, self.engine.url.render_as_string(hide_password=True),
+                        self.poll_interval_seconds,
+                    )
+                self._state = "waiting for table"
+                return False
+            self._backfill()
+        except Exception as exc:
+            self.counters["poll_errors"] += 1
+            if self._state != "failing":
+                log.warning("reading %s failed (%s); retrying every %.1fs", self.table, exc, self.poll_interval_seconds)
+            self._state = "failing"
+            return False
+        self._ready = True
+        self._state = "tailing"
+        return True
 
     def _backfill(self) -> None:
         with self.engine.connect() as conn:
@@ -333,4 +420,5 @@ class DatabaseEventSource:
                     self._gaps.remove(gap)
                 self._gaps = [g for g in self._gaps if g.ids & self.missing]
             self.counters["polls"] += 1  # completed polls: a test can wait for "read after X"
+            self._last_poll = time.monotonic()
             return self.counters["rows_delivered"] - before
