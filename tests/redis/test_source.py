@@ -35,7 +35,8 @@ class Reader:
         self.got: list[dict[str, Any]] = []
 
     def messages(self) -> list[dict[str, Any]]:
-        for frame in self.client.take():
+        # a take may hold a whole batch in one chunk: split it at the blank lines that end frames
+        for frame in (f for f in b"".join(self.client.take()).split(b"\n\n") if f.strip()):
             fields: dict[str, Any] = {"id": None, "event": "message"}
             for line in frame.decode().strip().split("\n"):
                 name, _, value = line.partition(": ")

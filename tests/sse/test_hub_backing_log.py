@@ -59,7 +59,8 @@ class ListLog:
 def frames(client: Any) -> list[dict[str, Any]]:
     """The client's pending frames, parsed: {'id', 'event', 'data'}."""
     out = []
-    for frame in client.take():
+    # a take may hold a whole batch in one chunk: split it at the blank lines that end frames
+    for frame in (f for f in b"".join(client.take()).split(b"\n\n") if f.strip()):
         fields: dict[str, Any] = {"id": None, "event": "message"}
         for line in frame.decode().strip().split("\n"):
             name, _, value = line.partition(": ")
