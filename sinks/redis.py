@@ -22,7 +22,6 @@ marker and the stream are two keys of one script) and the ``redis`` extra
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import uuid
@@ -180,9 +179,9 @@ def _error_code(exc: BaseException) -> str:
     return text.split(" ", 1)[0].upper()
 
 
-def event_fields(event: Event) -> tuple[str, str]:
+def event_fields(event: Event) -> tuple[str, bytes]:
     """The entry's two field values for ``event``: its id and its JSON record."""
-    return event.id, json.dumps(event.to_dict(), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return event.id, event.to_json()  # the payload as encoded where the event was made
 
 
 class RedisStreamSink(BaseSink):

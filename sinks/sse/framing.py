@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["field_value", "event_frame", "comment_frame", "retry_frame", "json_line"]
+__all__ = ["field_value", "event_frame", "json_frame", "comment_frame", "retry_frame", "json_line"]
 
 _UNSAFE = {ord("\r"): "\ufffd", ord("\n"): "\ufffd", ord("\0"): "\ufffd"}
 
@@ -30,13 +30,20 @@ def json_line(data: Any) -> str:
 
 def event_frame(data: Any, *, event: str | None = None, id: str | None = None) -> bytes:
     """One SSE event: optional ``id:`` and ``event:`` lines, one ``data:`` line of JSON."""
-    parts = []
+    return json_frame(json_line(data).encode("utf-8"), event=event, id=id)
+
+
+def json_frame(data: bytes, *, event: str | None = None, id: str | None = None) -> bytes:
+    """:func:`event_frame` for data that is JSON already (an event's ``to_json()``: its payload
+    encoded once, where the event was made). Compact JSON holds no raw CR or LF."""
+    head = ""
     if id is not None:
-        parts.append(f"id: {field_value(id)}\n")
+        head = f"id: {field_value(id)}\n"
     if event is not None and event != "message":
-        parts.append(f"event: {field_value(event)}\n")
-    parts.append(f"data: {json_line(data)}\n\n")
-    return "".join(parts).encode("utf-8")
+        head += f"event: {field_value(event)}\n"
+    if b"\n" in data or b"\r" in data:  # not from an encoder we know: keep it one line
+        data = field_value(data.decode("utf-8", "replace")).encode("utf-8")
+    return b"".join((head.encode("utf-8"), b"data: ", data, b"\n\n"))
 
 
 def comment_frame(text: str = "") -> bytes:

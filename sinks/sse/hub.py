@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 from timelapser_workers import lifecycle
 from timelapser_workers.sinks.sse.backing_log import Backlog, BackingLog
-from timelapser_workers.sinks.sse.framing import event_frame
+from timelapser_workers.sinks.sse.framing import event_frame, json_frame
 from timelapser_workers.events import Event
 
 __all__ = ["SSEHub", "SSEClient", "Subscription", "HubFullError", "STREAM_RESET", "BackingLog", "Backlog"]
@@ -244,8 +244,13 @@ class SSEHub:
 
     # --- publishing ---------------------------------------------------------------------------
     def publish(self, events: Iterable[Event]) -> int:
-        """Fan ``events`` out (in order) to every matching client; return how many were new."""
-        return self.publish_records([e.to_dict() for e in events])
+        """Fan ``events`` out (in order) to every matching client; return how many were new.
+        Each frame is the event's ``to_json()``: its payload as encoded where it was made."""
+        named = self.named_events
+        return self._publish([
+            (e.id, json_frame(e.to_json(), id=e.id, event=e.type if named else None), e.worker, e.source, e.type)
+            for e in events
+        ])
 
     def publish_records(self, records: Sequence[Mapping[str, Any]], ids: Sequence[str] | None = None) -> int:
         """Like :meth:`publish` for records shaped like ``Event.to_dict()`` (e.g. table rows).
@@ -264,6 +269,10 @@ class SSEHub:
             event_id = str(record["id"]) if ids is None else ids[i]
             frame = self._frame(event_id, record)
             entries.append((event_id, frame, record.get("worker"), record.get("source"), record["type"]))
+        return self._publish(entries)
+
+    def _publish(self, entries: Sequence[tuple[str, bytes, Any, Any, Any]]) -> int:
+        """Remember and fan out framed entries: (sse id, frame, worker, source, type)."""
         slow: list[SSEClient] = []
         with self._lock:
             if self._closed:
