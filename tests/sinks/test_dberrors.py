@@ -180,25 +180,24 @@ def test_too_many_connections_is_transient(pg: tuple[Engine, str], postgres_url:
     engine, table = pg
     with engine.begin() as conn:
         conn.exec_driver_sql(f"CREATE ROLE {table} LOGIN CONNECTION LIMIT 0")
-    url = sa.make_url(postgres_url).set(drivername="postgresql+psycopg2", username=table)
-    limited = sa.create_engine(url, connect_args={"connect_timeout": 5})
-    try:
-        error = _caught(limited, lambda conn: None)
-    finally:
-        limited.dispose()
+    error = _connect_error(sa.make_url(postgres_url).set(drivername="postgresql+psycopg2", username=table))
     assert "too many connections" in str(error)
     _check(error, TRANSIENT, None)
 
 
 def test_a_refused_connection_is_transient(unused_port: int) -> None:
-    engine = sa.create_engine(f"postgresql+psycopg2://postgres@127.0.0.1:{unused_port}/test",
-                              connect_args={"connect_timeout": 5})
-    try:
-        error = _caught(engine, lambda conn: None)
-    finally:
-        engine.dispose()
+    error = _connect_error(sa.make_url(f"postgresql+psycopg2://postgres@127.0.0.1:{unused_port}/test"))
     assert "refused" in str(error)
     _check(error, TRANSIENT, None)
+
+
+def _connect_error(url: sa.URL) -> sa.exc.DBAPIError:
+    """The error SQLAlchemy raises when connecting to ``url`` fails."""
+    engine = sa.create_engine(url, connect_args={"connect_timeout": 5})
+    try:
+        return _caught(engine, lambda conn: None)
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture
