@@ -25,7 +25,7 @@ def schema(pg_conn, unique_name: str) -> Iterator[str]:
         cur.execute(f"DROP TABLE IF EXISTS public.{unique_name}")
 
 
-def _one(pg_conn, sql: str, *params: object) -> object:
+def _one(pg_conn, sql: str, *params: object) -> int | bool:
     with pg_conn.cursor() as cur:
         cur.execute(sql, params)
         return cur.fetchone()[0]

@@ -45,6 +45,7 @@ def _caught(engine: Engine, work: Callable[[Connection], object]) -> sa.exc.DBAP
 def _check(error: sa.exc.DBAPIError, kind: ErrorKind, sqlstate: str | None) -> None:
     assert getattr(error.orig, "pgcode", None) == sqlstate, (error.orig, getattr(error.orig, "pgcode", None))
     assert classify_error(error) is kind  # as the sink sees it: wrapped by SQLAlchemy
+    assert error.orig is not None
     if not error.connection_invalidated:  # invalidated: SQLAlchemy's flag decides, not the driver's
         assert classify_error(error.orig) is kind  # the driver's own exception
 
@@ -171,7 +172,7 @@ def test_a_terminated_backend_admin_shutdown_is_transient(pg: tuple[Engine, str]
                 threading.Event().wait(0.02)
     assert info.value.connection_invalidated
     _check(info.value, TRANSIENT, None)
-    assert classify_error(info.value.orig) is TRANSIENT  # and by the driver's class alone
+    assert info.value.orig is not None and classify_error(info.value.orig) is TRANSIENT  # by its class alone
 
 
 @pytest.mark.postgres

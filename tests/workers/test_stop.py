@@ -36,7 +36,8 @@ class _Blocking(ThreadWorker):
 def test_stop_lets_an_in_flight_job_finish_within_the_timeout(make_batcher) -> None:
     sink = MemorySink("raw", wants_aggregated=False)
     batcher = make_batcher([sink], batch_timeout=0.01)
-    worker = _Blocking(interval=30, batcher=batcher).start()
+    worker = _Blocking(interval=30, batcher=batcher)
+    worker.start()
     assert worker.started.wait(5)
     threading.Timer(0.3, worker.release.set).start()  # the job needs 0.3 s more
     start = time.monotonic()
@@ -53,7 +54,8 @@ def test_stop_lets_an_in_flight_job_finish_within_the_timeout(make_batcher) -> N
 def test_stop_returns_at_its_timeout_and_says_what_was_still_running(make_batcher) -> None:
     sink = MemorySink("raw", wants_aggregated=False)
     batcher = make_batcher([sink], batch_timeout=0.01)
-    worker = _Blocking(interval=30, batcher=batcher).start()
+    worker = _Blocking(interval=30, batcher=batcher)
+    worker.start()
     assert worker.started.wait(5)
     start = time.monotonic()
     try:
