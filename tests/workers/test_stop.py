@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Iterator
 
-from timelapser_workers import ThreadWorker
+import pytest
+
+from timelapser_workers import EventBatcher, ThreadWorker
 from timelapser_workers.sinks import MemorySink
 
 
@@ -33,12 +36,21 @@ class _Blocking(ThreadWorker):
         self.finished.set()
 
 
-def test_stop_lets_an_in_flight_job_finish_within_the_timeout(make_batcher) -> None:
+@pytest.fixture
+def running(make_batcher) -> Iterator[tuple[_Blocking, MemorySink, EventBatcher]]:
+    """A _Blocking worker whose one job has started, and where its events go."""
     sink = MemorySink("raw", wants_aggregated=False)
     batcher = make_batcher([sink], batch_timeout=0.01)
     worker = _Blocking(interval=30, batcher=batcher)
     worker.start()
     assert worker.started.wait(5)
+    yield worker, sink, batcher
+    worker.release.set()
+    worker.stop(timeout=5)
+
+
+def test_stop_lets_an_in_flight_job_finish_within_the_timeout(running) -> None:
+    worker, sink, batcher = running
     threading.Timer(0.3, worker.release.set).start()  # the job needs 0.3 s more
     start = time.monotonic()
     assert worker.stop(timeout=10) is True
@@ -51,12 +63,8 @@ def test_stop_lets_an_in_flight_job_finish_within_the_timeout(make_batcher) -> N
     assert sink.events[-1].data["jobs_still_running"] == 0 and sink.events[-1].data["jobs_done"] == 1
 
 
-def test_stop_returns_at_its_timeout_and_says_what_was_still_running(make_batcher) -> None:
-    sink = MemorySink("raw", wants_aggregated=False)
-    batcher = make_batcher([sink], batch_timeout=0.01)
-    worker = _Blocking(interval=30, batcher=batcher)
-    worker.start()
-    assert worker.started.wait(5)
+def test_stop_returns_at_its_timeout_and_says_what_was_still_running(running) -> None:
+    worker, sink, batcher = running
     start = time.monotonic()
     try:
         stopped = worker.stop(timeout=0.3)
