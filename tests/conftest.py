@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import threading
 import uuid
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import pytest
@@ -18,11 +19,24 @@ from timelapser_workers.events import Event
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
+def ci() -> bool:
+    """True under CI: any non-empty ``CI`` value other than ``0`` or ``false`` (any case)."""
+    value = os.environ.get("CI", "").strip().lower()
+    return bool(value) and value not in ("0", "false")
+
+
 def _unreachable(reason: str) -> None:
     """Under CI a missing server fails the test; on a laptop it skips with one line of reason."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"PostgreSQL needed under CI=true: {reason}", pytrace=False)
+    if ci():
+        pytest.fail(f"PostgreSQL needed under CI: {reason}", pytrace=False)
     pytest.skip(f"PostgreSQL unreachable: {reason}")
+
+
+@pytest.fixture(autouse=True)
+def _work_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs in its own temporary directory: whatever it writes to a relative path
+    (the default dead-letter file above all) lands there, never in the repository."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(scope="session")

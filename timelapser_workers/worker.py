@@ -113,6 +113,7 @@ class ThreadWorker:
         self._seq = itertools.count()
         self._started_at: float | None = None
         self._stop_deadline: float | None = None  # time.monotonic(), set by stop()
+        self._left_running = 0  # jobs still running when the loop ended (past stop's timeout)
         self.jobs_done = 0
         self.jobs_failed = 0
         self.jobs_retried = 0
@@ -171,7 +172,8 @@ class ThreadWorker:
             self._stop_deadline = deadline
         self._stopping.set()
         self._wake.set()
-        return self.join(max(0.0, deadline - time.monotonic()))
+        ended = self.join(max(0.0, deadline - time.monotonic()))
+        return ended and not self._left_running
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the loop (and its in-flight jobs) to end; False if ``timeout`` passed."""
@@ -248,6 +250,7 @@ class ThreadWorker:
         with self._lock:
             in_flight = set(self._in_flight)
         _, still_running = wait_futures(in_flight, timeout=max(0.0, deadline - time.monotonic()))
+        self._left_running = len(still_running)
         self._pool.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             retries, self._retries = self._retries, []

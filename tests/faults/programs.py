@@ -31,6 +31,7 @@ class Program:
         self.proc = subprocess.Popen([sys.executable, str(path), *args], cwd=workdir, env=full_env,
                                      stdout=subprocess.PIPE, stderr=self._stderr, text=True)
         self.lines: list[str] = []
+        self.ended_at: float | None = None  # time.monotonic() when wait() saw it end
 
     def wait_for_line(self, text: str, timeout: float = 60.0) -> str:
         """Read stdout until a line starting with ``text``; fail if the program ends first."""
@@ -49,6 +50,7 @@ class Program:
         """The exit status (negative: killed by that signal); kill and fail past ``timeout``."""
         try:
             code = self.proc.wait(timeout)
+            self.ended_at = time.monotonic()
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
@@ -57,6 +59,12 @@ class Program:
         self.lines += [line.rstrip("\n") for line in self.proc.stdout]
         self._stderr.close()
         return code
+
+    def seconds_since(self, line: str) -> float:
+        """Seconds from the monotonic clock reading a line printed (``<word> <time.monotonic()>``;
+        the clock is the same in every process of this machine) to the program's end."""
+        assert self.ended_at is not None, "wait() first"
+        return self.ended_at - float(line.split()[-1])
 
     def stderr(self) -> str:
         self._stderr.flush()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import ci
 from tests.faults.programs import dead_letters, sqlite_rows
 
 REDIS_URL = os.environ.get("TIMELAPSER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -52,7 +53,7 @@ def _redis_or_skip() -> None:
     try:
         redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
     except Exception as exc:
-        if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+        if ci():
             pytest.fail(f"Redis needed under CI: {REDIS_URL}: {exc}", pytrace=False)
         pytest.skip(f"Redis unreachable at {REDIS_URL}: {exc}")
 

@@ -16,13 +16,9 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from tests.conftest import ci
+
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-def ci() -> bool:
-    """CI is on for any non-empty CI value other than 0 or false."""
-    value = os.environ.get("CI", "").strip().lower()
-    return bool(value) and value not in ("0", "false")
 
 
 def _unreachable(reason: str) -> None:

@@ -176,38 +176,6 @@ def test_bad_target_names_the_value() -> None:
         DatabaseSink(42)  # type: ignore[arg-type]
 
 
-def test_a_forked_child_uses_its_own_connections(db) -> None:
-    """The child drops the inherited pool without closing it under the parent; both keep writing."""
-    import os
-    import time
-
-    sink = DatabaseSink(db.url, table=db.table)
-    sink.send(batch(1))  # the parent now holds a pooled connection
-    child_events = batch(3)
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        code = 1
-        try:
-            sink.after_fork_in_child()
-            sink.send(child_events)
-            code = 0
-        finally:
-            os._exit(code)
-    deadline = time.monotonic() + 20
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done or time.monotonic() > deadline:
-            break
-        time.sleep(0.02)
-    if not done:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-    assert done and os.waitstatus_to_exitcode(status) == 0
-    sink.send(batch(2))  # the parent's connection survived the child
-    assert len(db.event_ids()) == 6
-    sink.close()
-
-
 def test_sqlite_rows_are_what_sqlalchemys_insert_would_store(tmp_path) -> None:
     """The SQLite write skips SQLAlchemy's per-row processing; what it stores must read back
     the same: every column's text as SQLAlchemy's, the data as the payload encoded once at the

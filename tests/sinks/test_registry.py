@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -85,13 +87,16 @@ def test_register_sink_at_run_time() -> None:
 
 @pytest.fixture(scope="module")
 def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Install the tiny third-party distribution (tests/sinks/plugin_dist) into a directory."""
+    """Install the tiny third-party distribution (tests/sinks/plugin_dist) into a directory.
+    It is built from a copy: setuptools writes build/ and *.egg-info beside the sources."""
     target = tmp_path_factory.mktemp("site")
     build = tmp_path_factory.mktemp("build")
+    source = shutil.copytree(PLUGIN, build / "plugin_dist")
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--no-index", "--disable-pip-version-check", "--target", str(target), str(PLUGIN)],
-        capture_output=True, text=True, timeout=90, cwd=build,
+         "--no-index", "--no-cache-dir", "--disable-pip-version-check", "--target", str(target),
+         str(source)],
+        capture_output=True, text=True, timeout=90, cwd=build, env={**os.environ, "TMPDIR": str(build)},
     )
     assert proc.returncode == 0, proc.stderr
     assert list(target.glob("timelapser_echo_sink-0.1.dist-info"))
@@ -123,8 +128,6 @@ def test_third_party_sink_through_its_entry_point(plugin_site: Path, monkeypatch
 
 
 def test_cli_lists_sinks_and_where_they_come_from(plugin_site: Path) -> None:
-    import os
-
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_site), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
         [sys.executable, "-m", "timelapser_workers", "sinks", "--check"],

@@ -240,11 +240,14 @@ def test_workers_share_one_default_batcher(sink):
     from timelapser_workers import get_default_batcher, set_default_batcher
 
     old = set_default_batcher(None)
+    shared = get_default_batcher()
     try:
         a, b = InboxWorker("a"), InboxWorker("b")
-        assert a.broadcaster.batcher is b.broadcaster.batcher is get_default_batcher()
+        assert a.broadcaster.batcher is b.broadcaster.batcher is shared
     finally:
         set_default_batcher(old)
+        shared.close(timeout=5)  # its threads end here, not at interpreter exit
+    assert shared.closed
 
 
 def test_two_connections_to_one_sender_do_not_duplicate(make_batcher, sink):
