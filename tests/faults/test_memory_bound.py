@@ -33,8 +33,9 @@ _PROGRAM = """
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * page
 
-    def payload(i):
-        return {"job_id": i, "camera": f"cam{i % 8}", "path": f"/frames/{i:08d}.jpg"}
+    def payload(i):   # a 2 KB note: what one event holds must dwarf the allocator's slack
+        return {"job_id": i, "camera": f"cam{i % 8}", "path": f"/frames/{i:08d}.jpg",
+                "note": f"{i:08d}" * 250}
 
     class Stalled:                               # send() returns only when the test is over
         name = "stalled"
