@@ -150,6 +150,10 @@ class EventBatcher:
         """
         if event.__class__ is not Event and not isinstance(event, Event):
             raise TypeError(f"submit() takes an Event (see make_event), got {event!r}")
+        if event.payload.__class__ is not bytes or event.priority.__class__ is not Priority:
+            raise TypeError(f"submit() takes an Event built by make_event (payload bytes, priority a "
+                            f"Priority), got payload {type(event.payload).__name__} and priority "
+                            f"{event.priority!r}")
         return self._slot.pipe.offer(event if batch else Unbatched(event), event)
 
     def emit(self, type: str, data: Mapping[str, Any] | None = None, *, worker: str | None = None,

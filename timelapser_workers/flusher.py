@@ -143,7 +143,6 @@ class Flusher:
                 ingress.sleep(None, 1)  # idle: until something arrives (close() sends STOP)
             # read the flags before the drain: an event that sets them again is in the next one
             urgent, ingress.urgent = ingress.urgent, False
-            mixed, ingress.mixed = ingress.mixed, False
             controls = ingress.take_controls()  # before the drain: what came before them is in it
             items = ingress.drain()
             self.taken += len(items)
@@ -155,7 +154,7 @@ class Flusher:
             elif any(lane.wants_aggregated for lane in self.lanes()):
                 self._group(items, buffers, units)
             else:
-                self._gather(items, buffers, units, urgent, mixed)
+                self._gather(items, buffers, units, urgent)
             for control in controls:
                 if isinstance(control, FlushRequest):
                     units.extend(b.events for b in buffers.values())
@@ -176,10 +175,10 @@ class Flusher:
             self.dispatch(units)
 
     def _gather(self, items: list[Any], buffers: dict[Any, _Buffer], units: list[list[Event]],
-                urgent: bool, mixed: bool) -> None:
+                urgent: bool) -> None:
         """Nobody aggregates: one buffer, flushed whole at ``batch_size`` events, at its age,
-        or at once after an urgent event. No per-event work beyond the drain itself, unless
-        ``mixed`` (an unbatched event among them: what is pending goes first, then it alone)."""
+        or at once after an urgent event. Per event, only a scan in C for an unbatched one
+        (then what is pending goes first, and it alone)."""
         cfg = self.config
         buf = buffers.get(_ALL)
         if buf is None and items:
@@ -188,7 +187,7 @@ class Flusher:
                                           cfg.batch_size)
         if buf is None:
             return
-        if not mixed:
+        if Unbatched not in map(type, items):
             buf.events.extend(items)
         else:
             for item in items:
@@ -240,9 +239,9 @@ class Flusher:
 
     def dispatch(self, units: list[list[Event]]) -> None:
         """Aggregate each flushed unit and hand the result to every lane."""
-        if not units:
-            return
         raw = [e for unit in units for e in unit]
+        if not raw:  # a sink is sent 1..n events, never none
+            return
         lanes = self.lanes()
         if not lanes:
             self._discard(len(raw))

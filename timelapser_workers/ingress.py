@@ -47,7 +47,8 @@ class Ingress:
     The bound is checked, then appended to, without a lock: several producers racing for the
     last places may pass it by at most their number. ``close()`` sets a flag that a put reads
     after it appended; a put that finds it set takes its event back out and is refused, unless
-    the flush thread already took it (then it is delivered): no event slips in unaccounted.
+    the flush thread already took it (then it is delivered, or dead-lettered by the shutdown's
+    last drain, and counted either way): no event slips in unaccounted.
     Flush requests and STOP travel in their own deque and always wake the thread.
     """
 
@@ -56,8 +57,9 @@ class Ingress:
         self.items: collections.deque[Any] = collections.deque()
         self.controls: collections.deque[Any] = collections.deque()
         self.wake_at = 1
-        self.urgent = False  # an urgent event came since the flush thread last looked
-        self.mixed = False  # an Unbatched came since the flush thread last looked
+        # an urgent event came since the flush thread last looked: set after its append, read
+        # (and reset) before the drain, so a drain that missed the flag finds it next time
+        self.urgent = False
         self.wakeup = threading.Event()
         # only producers waiting on a full queue (overflow="block") take this
         self.room = threading.Condition()
@@ -79,13 +81,11 @@ class Ingress:
     def append(self, item: Any, urgent: bool) -> None:
         """Queue ``item`` (the caller checked the bound); raise IngressClosed if closed."""
         items = self.items
-        if urgent:
-            self.urgent = True
-            if item.__class__ is Unbatched:
-                self.mixed = True
         items.append(item)
         if self.closed:
             self._withdraw(item)
+        if urgent:
+            self.urgent = True
         if urgent or len(items) >= self.wake_at:
             wakeup = self.wakeup
             if not wakeup.is_set():
@@ -193,8 +193,8 @@ class DropOldest:
     def offer(self, ingress: Ingress, item: Any, urgent: bool) -> str | None:
         if ingress.closed:
             raise IngressClosed
-        dropped = len(ingress.items) >= ingress.maxsize and ingress.drop_oldest()
-        ingress.append(item, urgent)
+        ingress.append(item, urgent)  # first: a close() meanwhile refuses it before anything goes
+        dropped = len(ingress.items) > ingress.maxsize and ingress.drop_oldest()
         return "drop_oldest" if dropped else None
 
 

@@ -59,18 +59,36 @@ def _default(value: Any) -> Any:
     raise _Refused  # subclasses, Mappings, bytes, NaN in a Decimal, the unknown: the walk decides
 
 
-def _has_nonfinite(value: Any, depth: int = 0) -> bool:
-    """True if a float NaN or infinity is anywhere in ``value`` (orjson writes them as null)."""
-    cls = type(value)
-    if cls is float:
-        return not math.isfinite(value)
-    if depth > MAX_DEPTH:
+def _has_nonfinite(value: Any) -> bool:
+    """True if a float NaN or infinity is anywhere in ``value`` (orjson writes them as null):
+    in containers, sets (which _default makes lists) and Enum values too. It runs for every
+    payload with a null in it: a flat dict of plain values is answered in C, the rest by a loop
+    over a stack (no recursion)."""
+    if value.__class__ is dict and set(map(type, value.values())) <= _SCALARS:
         return False
-    if cls is dict:
-        return any(_has_nonfinite(v, depth + 1) for v in value.values())
-    if cls is list or cls is tuple:
-        return any(_has_nonfinite(v, depth + 1) for v in value)
+    stack = [value]
+    pop, push, extend = stack.pop, stack.append, stack.extend
+    while stack:
+        item = pop()
+        cls = item.__class__
+        if cls in _SCALARS:
+            continue
+        if cls is float:
+            if item != item or item in _INFINITIES:
+                return True
+        elif cls is dict:
+            extend(item.values())
+        elif cls is list or cls is tuple or cls is set or cls is frozenset:
+            extend(item)
+        elif isinstance(item, enum.Enum):
+            push(item.value)
+        elif isinstance(item, float) and not math.isfinite(item):
+            return True
     return False
+
+
+_SCALARS = frozenset({str, int, bool, type(None)})
+_INFINITIES = (math.inf, -math.inf)
 
 
 _dumps = orjson.dumps
@@ -138,6 +156,9 @@ def _safe(value: Any, path: str, depth: int) -> Any:
         for k, v in value.items():
             if type(k) is not str:
                 k = _json_key(k, path)
+                if k in out or k in value:  # 1 and "1" would be one JSON key: one would be lost
+                    raise ValueError(f"{_path(path, k)}: two keys of {path} become the JSON key {k!r}; "
+                                     "keep one, or make the keys distinct strings")
             elif not k.isascii():
                 _check_utf8(k, f"{path} key {k[:40]!r}")
             # a key path is only built (it costs a repr) when there is something to descend into

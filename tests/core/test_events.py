@@ -187,3 +187,16 @@ def test_the_payload_is_encoded_once_and_the_event_reads_it_back():
     event = make_event("X", caller)
     caller["job_id"] = 8  # the event keeps what was sent
     assert event.data == {"job_id": 7}
+
+
+@pytest.mark.parametrize("value", [
+    {1.0, float("nan")}, frozenset({float("inf")}), enum.Enum("Odd", {"A": float("nan")}).A,
+])
+def test_nan_hidden_in_a_set_or_an_enum_is_refused_too(value):
+    with pytest.raises(ValueError, match=r"data\['v'\].*NaN"):
+        make_event("X", {"v": value, "ok": None})
+
+
+def test_two_keys_that_become_one_json_key_are_refused_not_merged():
+    with pytest.raises(ValueError, match=r"become the JSON key '1'"):
+        make_event("X", {1: "a", "1": "b"})

@@ -213,3 +213,29 @@ def test_batchers_nobody_references_are_closed_and_deliver(tmp_path):
     signals.job_started.send("nobody", job_id=0)  # no receivers left to run
     assert time.perf_counter() - start < 0.01
     assert isinstance(signals.job_started, blinker.NamedSignal)
+
+
+def test_a_sink_never_gets_an_empty_batch_or_an_internal_wrapper(make_batcher):
+    """Unbatched events among batched ones (one producer with use_batching=False), into a raw
+    sink: every batch holds 1..n real Events."""
+    seen: list[tuple[object, ...]] = []
+
+    class Recording(MemorySink):
+        def send(self, batch: Sequence[Event]) -> None:
+            seen.append(tuple(batch))
+            super().send(batch)
+
+    sink = Recording("raw", wants_aggregated=False)
+    batcher = make_batcher([sink], batch_timeout=0.01)
+    batcher.connect()
+    for n in range(2_000):
+        signals.job_started.send("w", job_id=n, use_batching=(n % 7 != 0))
+    assert batcher.flush(timeout=10).complete
+    assert seen and all(batch and all(type(e) is Event for e in batch) for batch in seen)
+    assert sink.count == 2_000
+
+
+def test_submit_refuses_an_event_not_built_by_make_event(make_batcher):
+    batcher = make_batcher([MemorySink()])
+    with pytest.raises(TypeError, match="payload dict"):
+        batcher.submit(Event(id="e1", type="X", payload={"i": 4}))  # type: ignore[arg-type]
