@@ -74,24 +74,32 @@ def after_fork_in_child(callback: Callable[[], None]) -> None:
     else:
         ref = lambda: callback  # noqa: E731  (a function: held as it is)
     with _lock:
+        if len(_fork_hooks) >= 2 * _pruned_size[0] + 64:  # a process that makes many batchers
+            _fork_hooks[:] = [r for r in _fork_hooks if r() is not None]
+            _pruned_size[0] = len(_fork_hooks)
         _fork_hooks.append(ref)
+
+
+_pruned_size = [0]
 
 
 def _run_fork_hooks() -> None:
     global _lock
     _lock = threading.RLock()  # another thread may have held it at fork
     _orphans.clear()  # their threads are the parent's
-    alive = []
-    for ref in list(_fork_hooks):
+    hooks = list(_fork_hooks)
+    dead = set()
+    for ref in hooks:
         callback = ref()
         if callback is None:
+            dead.add(id(ref))
             continue
-        alive.append(ref)
         try:
             callback()
         except Exception:
             logger.exception("after-fork hook %r failed in the child", callback)
-    _fork_hooks[:] = alive
+    # keep what a hook registered meanwhile (a new batcher made in a hook)
+    _fork_hooks[:] = [r for r in _fork_hooks if id(r) not in dead]
 
 
 # --- the batchers of this process --------------------------------------------------------------
