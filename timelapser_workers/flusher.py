@@ -30,15 +30,18 @@ logger = logging.getLogger("timelapser_workers.batcher")
 
 class FlushResult(NamedTuple):
     """What a flush or close achieved, counted in original events summed over sinks:
-    delivered and failed (dead-lettered) while it waited, and still pending at its deadline."""
+    delivered and failed (dead-lettered) while it waited, still pending (in memory) at its
+    deadline, and held on disk in the sinks' spools when it returned (delivered when each
+    sink is back, or by the next batcher with the same sink names)."""
 
     delivered: int
     failed: int
     pending: int
+    spooled: int = 0
 
     @property
     def complete(self) -> bool:
-        """True when nothing was left pending at the deadline."""
+        """True when nothing was left pending in memory at the deadline."""
         return self.pending == 0
 
 
@@ -69,8 +72,8 @@ class FlushRequest:
                 delivered += lane.delivered - d0
                 failed += lane.failed - f0
                 target = marker.target if marker is not None else lane.enqueued
-                pending += max(0, target - lane.delivered - lane.failed)
-        return FlushResult(delivered, failed, pending)
+                pending += max(0, target - lane.settled)
+        return FlushResult(delivered, failed, pending, sum(lane.spool_events for lane in self._lanes))
 
 
 STOP = object()
