@@ -129,27 +129,32 @@ class SinkLane(SpoolDrain):
             batch.spool_line()  # encoded before the lock is taken
         while True:
             self._check_hung()
-            with self._queue.cond:
+            with self._queue.cond:  # reentrant: held across the check and the put
                 if self._spooling:
                     self._spool_locked([batch])
                     return
-            if self.state == HUNG:
-                self._divert([batch], "sink_hung")
-                return
-            healthy = self.state == HEALTHY
-            wait_until = 0.0
-            if healthy:
-                wait_until = time.monotonic() + self._check_every
-                if self._deadline is not None:
-                    wait_until = min(wait_until, self._deadline)
-            if self._queue.put(batch, batch.count, deadline=wait_until):
-                return
+                if self.state == HUNG:
+                    self._divert([batch], "sink_hung")
+                    return
+                healthy = self.state == HEALTHY
+                wait_until = 0.0
+                if healthy:
+                    wait_until = time.monotonic() + self._check_every
+                    if self._deadline is not None:
+                        wait_until = min(wait_until, self._deadline)
+                if self._queue.put(batch, batch.count, deadline=wait_until, abort=self._is_spooling):
+                    return
+                if self._spooling:
+                    continue  # the lane began spooling meanwhile: behind what it spooled
             if not healthy:
                 self._divert([batch], "sink_failing")
                 return
             if self._deadline is not None and time.monotonic() >= self._deadline:
                 self._divert([batch], "shutdown_timeout", behind_queue=True)
                 return
+
+    def _is_spooling(self) -> bool:
+        return self._spooling
 
     def put_marker(self, marker: Marker) -> None:
         with self._queue.cond:

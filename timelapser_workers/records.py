@@ -239,7 +239,7 @@ def _locked_fd(path: Path, flags: int) -> int:
 def append_records(path: Path, records: Sequence[bytes], *, sync: bool = True) -> None:
     """Append ``records`` as lines of ``path`` (made 0600) with one ``write`` (and an fsync),
     under the file's lock. OSError if the disk refused any of it: the reader skips the torn part."""
-    fd = _locked_fd(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    fd = _locked_fd(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
     try:
         write_once(fd, batch_lines(records, fd), sync=sync)
     finally:
