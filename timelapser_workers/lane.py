@@ -144,7 +144,7 @@ class SinkLane(SpoolDrain):
                         wait_until = min(wait_until, self._deadline)
                 if self._queue.put(batch, batch.count, deadline=wait_until, abort=self._is_spooling):
                     return
-                if self._spooling:
+                if self._is_spooling():
                     continue  # the lane began spooling meanwhile: behind what it spooled
             if not healthy:
                 self._divert([batch], "sink_failing")
