@@ -39,7 +39,8 @@ from timelapser_workers.lifecycle import after_fork_in_child
 from timelapser_workers.records import event_from_record, frame, private_dir, read_lines, write_once
 from timelapser_workers.threads import remaining
 
-__all__ = ["Spool", "SpoolRecord", "spool_line", "sink_dirname", "sink_of_dirname", "SEGMENT_BYTES"]
+__all__ = ["Spool", "SpoolRecord", "spool_line", "spooled_events", "sink_dirname", "sink_of_dirname",
+           "SEGMENT_BYTES"]
 
 logger = logging.getLogger(__name__)
 
@@ -322,6 +323,12 @@ class Spool:
         return found
 
     def _load(self, owner: str, path: Path) -> tuple[_Segment, int]:
+        (end, acked), count = self._count(path)
+        return _Segment(owner, path, end, acked, False), count
+
+    @staticmethod
+    def _count(path: Path) -> tuple[tuple[int, int], int]:
+        """((size, acknowledged bytes), events not yet acknowledged) of one segment file."""
         end = path.stat().st_size
         acked = 0
         try:
@@ -335,7 +342,7 @@ class Spool:
             if line.body is not None and line.body.startswith(b'{"n":'):
                 digits = line.body[5:line.body.find(b",")]
                 count += int(digits) if digits.isdigit() else 0
-        return _Segment(owner, path, end, acked, False), count
+        return (end, acked), count
 
     # --- the end -----------------------------------------------------------------------------
     def close(self) -> None:
@@ -399,6 +406,26 @@ class Spool:
     def stats(self) -> dict[str, int]:
         return {"spool_events": self.events, "spool_bytes": self.bytes, "spool_adopted": self.adopted,
                 "spool_corrupt": self.corrupt}
+
+
+def spooled_events(root: Path) -> dict[str, int]:
+    """Sink name -> events waiting in its spool under ``root`` (every owner's, alive or not):
+    what the ``dead-letters`` command and the tests read, without taking anything over."""
+    found: dict[str, int] = {}
+    try:
+        dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    except FileNotFoundError:
+        return found
+    for directory in dirs:
+        total = 0
+        for path in sorted(directory.glob("*.seg")):
+            try:
+                total += Spool._count(path)[1]
+            except OSError:
+                continue
+        if total:
+            found[sink_of_dirname(directory.name)] = total
+    return found
 
 
 def _mtime(path: Path) -> float:
