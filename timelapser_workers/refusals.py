@@ -70,7 +70,7 @@ def named_events(error: PermanentSinkError, events: Sequence[Event]) -> list[Eve
 
 def _message(event: Event, error: PermanentSinkError) -> str:
     own = error.errors.get(event.id)
-    return own if own else f"{type(error).__name__}: {error}"
+    return own if own else str(error)
 
 
 def settle(send: Callable[[Sequence[Event]], object], events: Sequence[Event],
