@@ -5,9 +5,10 @@ is there), and the lane thread delivers from the spool, oldest first: each recor
 with tenacity backoff between attempts (``retry_delay`` doubling up to ``retry_max_delay``,
 with jitter) until the sink takes it, then acknowledged on disk. A permanent refusal is
 settled as in the queue (refusals.py): only the events at fault are dead-lettered. When the
-spool is empty the lane goes back to its queue. At shutdown a lane whose sink accepts keeps
-delivering from the spool until the deadline; one whose sink is down stops at once: the spool
-stays on disk, and the next batcher with the same sink name and spool directory delivers it.
+spool is empty the lane goes back to its queue. At shutdown a lane delivers from the spool
+until the deadline while its sink accepts; one whose sink is down gets one more try, then stops:
+the spool stays on disk, and the next batcher with the same sink name and spool directory
+delivers it.
 
 A flush marker in a spooling lane is reached once the records before it are delivered, or at
 once when the sink is down (what it waits for is on disk then: ``FlushResult.spooled``).
@@ -79,6 +80,7 @@ class SpoolDrain:
         self.spool = spool
         self._spooling = spool is not None and not spool.empty  # what an earlier process left
         self._stopping = False
+        self._last_try_closing = False  # the last attempt was made while closing
         self._spool_markers: list[tuple[int, Marker]] = []
         self.spooled = 0  # events sent to the spool
         self.redelivered = 0  # events delivered from the spool
@@ -174,13 +176,15 @@ class SpoolDrain:
                 if self.state != HEALTHY:
                     self._reach_spool_markers(force=True)
                 deadline = self._deadline
-                if deadline is not None and (self.state != HEALTHY or time.monotonic() >= deadline):
+                if deadline is not None and (time.monotonic() >= deadline or (
+                        self.state != HEALTHY and self._last_try_closing)):
                     if self._stopping:
                         return True  # what the sink did not take stays on disk
                     self._queue.cond.wait(self._check_every)  # the stop follows the deadline
                     continue
             record = spool.next(self._check_every)
             if record is not None:
+                self._last_try_closing = deadline is not None  # closing: one more try, if down
                 self._redeliver(record)
                 continue
             if spool.empty and not spool.closed and spool.adopt():
