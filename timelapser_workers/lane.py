@@ -205,9 +205,10 @@ class SinkLane(SpoolDrain):
                 self._reach(marker)
         return sum(b.count for b in held)
 
-    def _divert(self, batches: Sequence[LaneBatch], reason: str, behind_queue: bool = False) -> None:
+    def _divert(self, batches: Sequence[LaneBatch], reason: str, behind_queue: bool = False,
+                error: BaseException | None = None) -> None:
         """Spool ``batches`` (after what is queued, if ``behind_queue``), or without a spool,
-        count them as failed and hand them to the dead letter."""
+        count them as failed and hand them to the dead letter (with ``error``, if known)."""
         if self.spool is not None:
             with self._queue.cond:
                 if behind_queue:
@@ -220,7 +221,7 @@ class SinkLane(SpoolDrain):
                 self.settled += batch.count
                 self._failed += batch.count
                 self.dropped[reason] += batch.count
-            self._dead_letter(batch.events, reason, None)
+            self._dead_letter(batch.events, reason, error)
 
     # --- the lane thread -----------------------------------------------------------------
     def _run(self) -> None:
@@ -263,10 +264,10 @@ class SinkLane(SpoolDrain):
             found = settle(self._send, events, exc)
             self._finish(batch, delivered=batch.count - found.refused_count - found.unsent_count,
                          refused=found.refused, unsent=found.unsent,
-                         state=FAILING if found.unsent else HEALTHY)
+                         state=FAILING if found.unsent else HEALTHY, error=exc)
         except BaseException as exc:  # retries spent, or the deadline: any exception at all
             self._note_error(exc)
-            self._finish(batch, delivered=0, refused=[], unsent=list(events), state=FAILING)
+            self._finish(batch, delivered=0, refused=[], unsent=list(events), state=FAILING, error=exc)
         else:
             self._sample(events)
             self._finish(batch, delivered=batch.count, refused=[], unsent=[], state=HEALTHY)
@@ -276,7 +277,7 @@ class SinkLane(SpoolDrain):
         self.latencies.extend(now - m.created_mono for e in events[::step] for m in (e.members or (e,)))
 
     def _finish(self, batch: LaneBatch, *, delivered: int, refused: list[Refused], unsent: list[Event],
-                state: str) -> None:
+                state: str, error: BaseException | None = None) -> None:
         refused_count = sum(r.event.batch_count for r in refused)
         rest = None
         if unsent:
@@ -302,7 +303,7 @@ class SinkLane(SpoolDrain):
             return
         self._refused(refused)
         if rest is not None and self.spool is None:
-            self._divert([rest], "sink_failing" if was == FAILING else "retries_exhausted")
+            self._divert([rest], "sink_failing" if was == FAILING else "retries_exhausted", error=error)
         elif rest is not None:
             logger.warning("sink %r is failing (%s): its events go to its spool (%s) and are "
                            "delivered when it is back", self.name, self.last_error, self.spool.directory
