@@ -6,21 +6,19 @@ thread that hands it a batch:
 - ``healthy`` (the sink answers, however slowly): the flush thread waits for room. It stops
   taking from the ingress meanwhile, so the ingress fills and its overflow policy decides
   (``block``: producers wait). A slow sink slows intake instead of losing events.
-- ``failing`` (a batch spent its retries): the sink is isolated. The batch, what the lane
-  holds and every new batch go to the sink's spool on disk (spool.py), in order; the lane
-  thread delivers from the spool, oldest first, probing the sink with backoff, and goes back
-  to its queue when the spool is empty.
-- ``hung`` (one ``send`` has lasted longer than ``send_timeout``): the sink is isolated. What
-  it holds, the batch in flight included, goes to the spool; so does every new batch.
+- ``failing`` (a batch spent its retries) and ``hung`` (one ``send`` has lasted longer than
+  ``send_timeout``): the sink is isolated. The batch (or the one in flight), what the lane
+  holds and every new batch go to the sink's spool on disk, in order; the lane delivers them
+  from there when it can (lane_spool.py).
 
-Only a permanent refusal (``PermanentSinkError``) goes to the dead letter, and only the events
-at fault (refusals.py splits aggregated events and bisects). With no spool
-(``spool_max_bytes=0``), what would be spooled is dead-lettered instead (``retries_exhausted``,
-``sink_failing``, ``sink_hung``, ``shutdown_timeout``), and a failing lane gives each queued
-batch one try. Retries use tenacity: ``max_retries`` after the first attempt, exponential
-backoff from ``retry_delay`` with jitter, capped at ``retry_max_delay``, ended early by the
-shutdown deadline. Any exception from a sink, BaseException included, is a failed send: the
-lane thread never dies. On stop, the lane thread closes its sink itself (under the deadline).
+Only a permanent refusal goes to the dead letter, and only the events at fault
+(refusals.py). With no spool (``spool_max_bytes=0``), what would be spooled is dead-lettered
+instead (``retries_exhausted``, ``sink_failing``, ``sink_hung``, ``shutdown_timeout``) and a
+failing lane gives each queued batch one try. Retries use tenacity: ``max_retries`` after the
+first attempt, exponential backoff from ``retry_delay`` with jitter, capped at
+``retry_max_delay``, ended early by the shutdown deadline. Any exception from a sink,
+BaseException included, is a failed send: the lane thread never dies. On stop, the lane
+thread closes its sink itself (under the deadline).
 """
 
 from __future__ import annotations
@@ -294,8 +292,10 @@ class SinkLane(SpoolDrain):
                 if rest is not None and self.spool is not None:
                     self._spool_locked([rest])  # with the state: put() spools behind it
         if state != was:
-            log = logger.warning if state == FAILING else logger.info
-            log("sink %r is %s (was %s)", self.name, state, was)
+            spool = self.spool
+            where = f": its events go to its spool ({spool.directory})" if spool and state == FAILING else ""
+            (logger.warning if state == FAILING else logger.info)(
+                "sink %r is %s (was %s)%s", self.name, state, was, where)
         if abandoned:  # counted, and spooled or dead-lettered, when it was taken away
             logger.warning("sink %r finished a batch of %d event(s) after it had been taken away "
                            "(%d delivered): the sink may receive them twice (it dedupes by event id)",
@@ -304,10 +304,6 @@ class SinkLane(SpoolDrain):
         self._refused(refused)
         if rest is not None and self.spool is None:
             self._divert([rest], "sink_failing" if was == FAILING else "retries_exhausted", error=error)
-        elif rest is not None:
-            logger.warning("sink %r is failing (%s): its events go to its spool (%s) and are "
-                           "delivered when it is back", self.name, self.last_error, self.spool.directory
-                           if self.spool is not None else "")
 
     def _refused(self, refused: list[Refused]) -> None:
         """Dead-letter refused events, each with its own error."""

@@ -41,6 +41,7 @@ __all__ = [
     "private_dir",
     "append_records",
     "rewrite_records",
+    "locked_fd",
 ]
 
 _PRIORITIES = {p.name: p for p in Priority}
@@ -208,11 +209,11 @@ def batch_lines(records: Sequence[bytes], fd: int) -> bytes:
 _LOCK_WAIT = 10.0  # seconds an append waits for a rewrite (the dead-letters command) to finish
 
 
-def _locked_fd(path: Path, flags: int) -> int:
-    """``path`` opened with ``flags`` and exclusively flock'ed, the very file now at ``path``
-    (a rewrite replaces it: whoever waited on the old one opens the new one); OSError if the
-    lock is not free within ten seconds."""
-    deadline = time.monotonic() + _LOCK_WAIT
+def locked_fd(path: Path, flags: int, wait: float) -> int | None:
+    """``path`` opened with ``flags`` (made 0600) and exclusively flock'ed, the very file now at
+    ``path`` (a rewrite replaces it: whoever waited on the old one opens the new one); None if
+    the lock is not free within ``wait`` seconds."""
+    deadline = time.monotonic() + wait
     while True:
         fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
         try:
@@ -221,8 +222,9 @@ def _locked_fd(path: Path, flags: int) -> int:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise OSError(errno.EAGAIN, f"{path} stayed locked for {_LOCK_WAIT:.0f} s") from None
+                    if time.monotonic() >= deadline:
+                        os.close(fd)
+                        return None
                     time.sleep(0.01)
             try:
                 same = os.fstat(fd).st_ino == os.stat(path).st_ino
@@ -236,10 +238,17 @@ def _locked_fd(path: Path, flags: int) -> int:
         os.close(fd)
 
 
+def _locked(path: Path, flags: int) -> int:
+    fd = locked_fd(path, flags, _LOCK_WAIT)
+    if fd is None:
+        raise OSError(errno.EAGAIN, f"{path} stayed locked for {_LOCK_WAIT:.0f} s")
+    return fd
+
+
 def append_records(path: Path, records: Sequence[bytes], *, sync: bool = True) -> None:
     """Append ``records`` as lines of ``path`` (made 0600) with one ``write`` (and an fsync),
     under the file's lock. OSError if the disk refused any of it: the reader skips the torn part."""
-    fd = _locked_fd(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+    fd = _locked(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
     try:
         write_once(fd, batch_lines(records, fd), sync=sync)
     finally:
@@ -251,7 +260,7 @@ def rewrite_records(path: Path, keep: Callable[[Line], bool], *, inode: int | No
     rename), under the file's lock, so appends made meanwhile are neither lost nor torn.
     ``inode``: the file must still be that one (else OSError: someone rewrote it since it was
     read). Returns (lines kept, lines dropped); corrupt lines are dropped."""
-    fd = _locked_fd(path, os.O_RDWR)
+    fd = _locked(path, os.O_RDWR)
     try:
         if inode is not None and os.fstat(fd).st_ino != inode:
             raise OSError(errno.ESTALE, f"{path} was rewritten since it was read; run the command again")

@@ -23,38 +23,26 @@ acknowledge. Nothing here waits on a sink.
 from __future__ import annotations
 
 import collections
-import fcntl
 import logging
 import os
 import threading
 import time
 from pathlib import Path
 from typing import NamedTuple
-from urllib.parse import quote, unquote
 
 import orjson
 
 from timelapser_workers.events import Event
 from timelapser_workers.lifecycle import after_fork_in_child
 from timelapser_workers.records import event_from_record, frame, private_dir, read_lines, write_once
+from timelapser_workers.spool_files import lock, mtime, release, segment_events, sink_dirname
 from timelapser_workers.threads import remaining
 
-__all__ = ["Spool", "SpoolRecord", "spool_line", "spooled_events", "sink_dirname", "sink_of_dirname",
-           "SEGMENT_BYTES"]
+__all__ = ["Spool", "SpoolRecord", "spool_line", "SEGMENT_BYTES"]
 
 logger = logging.getLogger(__name__)
 
 SEGMENT_BYTES = 8 * 1024 * 1024  # a new segment past this: delivered ones are deleted sooner
-
-
-def sink_dirname(sink_name: str) -> str:
-    """The directory name of a sink's spool: the name percent-encoded (readable, reversible)."""
-    encoded = quote(sink_name, safe="")
-    return "%2E" + encoded[1:] if encoded.startswith(".") else encoded
-
-
-def sink_of_dirname(dirname: str) -> str:
-    return unquote(dirname)
 
 
 def spool_line(records: list[bytes], count: int) -> bytes:
@@ -175,7 +163,7 @@ class Spool:
             return tail
         if self._lock_fd is None:
             private_dir(self.directory)
-            self._lock_fd = _lock(self.directory / f"{self._owner}.lock")
+            self._lock_fd = lock(self.directory / f"{self._owner}.lock")
             if self._lock_fd is None:  # pragma: no cover - the token is new
                 raise OSError(f"cannot lock {self.directory / self._owner}.lock")
         self._seq += 1
@@ -278,7 +266,7 @@ class Spool:
                 done = all(s.owner != seg.owner for s in self._segments)
                 fd = self._adopted.pop(seg.owner, None) if done else None
             if fd is not None:
-                _release(self.directory / f"{seg.owner}.lock", fd)
+                release(self.directory / f"{seg.owner}.lock", fd)
 
     # --- earlier processes' segments ---------------------------------------------------------
     def adopt(self) -> int:
@@ -294,17 +282,17 @@ class Spool:
             if rest == "lock" or rest.endswith(".seg"):
                 owners.setdefault(owner, []).append(name)
         found = 0
-        order = sorted(owners, key=lambda o: min(_mtime(self.directory / n) for n in owners[o]))
+        order = sorted(owners, key=lambda o: min(mtime(self.directory / n) for n in owners[o]))
         for owner in order:
             if owner == self._owner or owner in self._adopted:
                 continue
             lock_path = self.directory / f"{owner}.lock"
-            fd = _lock(lock_path)
+            fd = lock(lock_path)
             if fd is None:
                 continue  # alive
             segs = sorted(n for n in owners[owner] if n.endswith(".seg"))
             if not segs:
-                _release(lock_path, fd)  # a lock left behind by a process killed before spooling
+                release(lock_path, fd)  # a lock left behind by a process killed before spooling
                 continue
             loaded = [self._load(owner, self.directory / n) for n in segs]
             with self._cond:
@@ -323,26 +311,8 @@ class Spool:
         return found
 
     def _load(self, owner: str, path: Path) -> tuple[_Segment, int]:
-        (end, acked), count = self._count(path)
+        (end, acked), count = segment_events(path)
         return _Segment(owner, path, end, acked, False), count
-
-    @staticmethod
-    def _count(path: Path) -> tuple[tuple[int, int], int]:
-        """((size, acknowledged bytes), events not yet acknowledged) of one segment file."""
-        end = path.stat().st_size
-        acked = 0
-        try:
-            text = path.with_suffix(".ack").read_bytes()
-            value = int(text.strip() or b"0", 16)
-            acked = value if 0 <= value <= end else 0
-        except (OSError, ValueError):
-            pass
-        count = 0
-        for line in read_lines(path, acked, end):
-            if line.body is not None and line.body.startswith(b'{"n":'):
-                digits = line.body[5:line.body.find(b",")]
-                count += int(digits) if digits.isdigit() else 0
-        return (end, acked), count
 
     # --- the end -----------------------------------------------------------------------------
     def close(self) -> None:
@@ -375,11 +345,11 @@ class Spool:
             if owner in kept:
                 os.close(fd)  # its files stay: adoptable again
             else:
-                _release(self.directory / f"{owner}.lock", fd)
+                release(self.directory / f"{owner}.lock", fd)
         self._adopted.clear()
         if self._lock_fd is not None:
             if self._owner not in kept:
-                _release(self.directory / f"{self._owner}.lock", self._lock_fd)
+                release(self.directory / f"{self._owner}.lock", self._lock_fd)
             else:
                 os.close(self._lock_fd)
                 logger.warning("spool of sink %r keeps %d event(s) in %s for the next start",
@@ -408,55 +378,3 @@ class Spool:
                 "spool_corrupt": self.corrupt}
 
 
-def spooled_events(root: Path) -> dict[str, int]:
-    """Sink name -> events waiting in its spool under ``root`` (every owner's, alive or not):
-    what the ``dead-letters`` command and the tests read, without taking anything over."""
-    found: dict[str, int] = {}
-    try:
-        dirs = sorted(p for p in root.iterdir() if p.is_dir())
-    except FileNotFoundError:
-        return found
-    for directory in dirs:
-        total = 0
-        for path in sorted(directory.glob("*.seg")):
-            try:
-                total += Spool._count(path)[1]
-            except OSError:
-                continue
-        if total:
-            found[sink_of_dirname(directory.name)] = total
-    return found
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
-
-
-def _lock(path: Path) -> int | None:
-    """An exclusive flock on ``path`` (made 0600 if missing), or None if another holds it."""
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return None
-        try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            return fd
-        os.close(fd)  # deleted or replaced by whoever held it just before: try the new one
-
-
-def _release(path: Path, fd: int) -> None:
-    """Delete a lock file we hold, then let it go."""
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-    os.close(fd)

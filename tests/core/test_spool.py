@@ -20,7 +20,8 @@ from timelapser_workers.aggregation import AggregationPolicy
 from timelapser_workers.events import JOB_STARTED, Event, make_event
 from timelapser_workers.records import decode_event, encode_event, frame, read_lines
 from timelapser_workers.sinks import MemorySink
-from timelapser_workers.spool import Spool, spool_line, spooled_events
+from timelapser_workers.spool import Spool, spool_line
+from timelapser_workers.spool_files import spooled_events
 
 
 class Down(MemorySink):

@@ -98,6 +98,6 @@ def dead_letters(path: Path) -> list[dict[str, Any]]:
 
 def spooled(spool_dir: Path) -> dict[str, int]:
     """Sink name -> events waiting in its spool under ``spool_dir``."""
-    from timelapser_workers.spool import spooled_events
+    from timelapser_workers.spool_files import spooled_events
 
     return spooled_events(spool_dir)

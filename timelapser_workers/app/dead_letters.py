@@ -35,7 +35,7 @@ from timelapser_workers.errors import PermanentSinkError
 from timelapser_workers.events import Event
 from timelapser_workers.records import Line, event_from_record, read_lines, rewrite_records
 from timelapser_workers.refusals import settle
-from timelapser_workers.spool import spooled_events
+from timelapser_workers.spool_files import spooled_events
 from timelapser_workers.statedir import expand
 
 __all__ = ["add_arguments", "run", "parse_age"]
