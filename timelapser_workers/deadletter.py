@@ -20,20 +20,20 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence, Union
+from typing import Any, Callable, Iterator, NamedTuple, Sequence, Union
 
 import orjson
 
 from timelapser_workers.drops import RateLimitedWarnings
 from timelapser_workers.events import Event
 from timelapser_workers.lifecycle import after_fork_in_child
-from timelapser_workers.records import append_records, encode_event, read_lines
+from timelapser_workers.records import Line, append_records, encode_event, read_lines
 from timelapser_workers.spool import Spool
 from timelapser_workers.statedir import expand, writable_dir
 from timelapser_workers.threads import DaemonThread, WorkQueue, remaining
 
 __all__ = ["DeadLetterHandler", "JsonLinesDeadLetter", "DeadLetterWriter", "resolve_dead_letter",
-           "dead_letter_record", "read_dead_letters"]
+           "dead_letter_record", "dead_letter_lines", "read_dead_letters"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,17 +56,26 @@ def dead_letter_record(event: Event, sink_name: str, reason: str, error: str | N
         return orjson.dumps(head)
 
 
+def dead_letter_lines(path: str | os.PathLike[str]) -> Iterator[tuple[Line, dict[str, Any] | None]]:
+    """Each line of the dead-letter file ``path`` with its record (None: torn or damaged)."""
+    for line in read_lines(path):
+        record = None
+        if line.body is not None:
+            try:
+                record = orjson.loads(line.body)
+            except orjson.JSONDecodeError:
+                pass
+        yield line, record
+
+
 def read_dead_letters(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], int]:
     """Every dead-letter record in ``path`` (dicts) and how many lines were torn or damaged."""
     records, corrupt = [], 0
-    for line in read_lines(path):
-        if line.body is None:
+    for _, record in dead_letter_lines(path):
+        if record is None:
             corrupt += 1
-            continue
-        try:
-            records.append(orjson.loads(line.body))
-        except orjson.JSONDecodeError:
-            corrupt += 1
+        else:
+            records.append(record)
     return records, corrupt
 
 

@@ -13,43 +13,19 @@ with the same sink name and spool directory.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import sys
 import threading
 import time
-from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlsplit
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "sinks"))
-from tcp_proxy import TcpProxy  # noqa: E402
-
-from tests.faults.programs import Program, dead_letters, spooled, sqlite_rows  # noqa: E402
-from timelapser_workers import EventBatcher, JsonLinesDeadLetter  # noqa: E402
-from timelapser_workers.sinks.database import DatabaseSink  # noqa: E402
+from tests.faults.programs import Program, dead_letters, spooled, sqlite_rows
+from tests.faults.test_postgres_faults import proxy, stored_ids  # noqa: F401  (a fixture, a helper)
+from timelapser_workers import EventBatcher, JsonLinesDeadLetter
+from timelapser_workers.sinks.database import DatabaseSink
 
 THREADS, PER_THREAD = 4, 5_000
-
-
-@pytest.fixture
-def proxy(postgres_url: str) -> Iterator[TcpProxy]:
-    parts = urlsplit(postgres_url)
-    p = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
-    yield p
-    p.close()
-
-
-def _stored_ids(pg_conn, table: str) -> list[str]:
-    """Every original event id in ``table``: a row's own, or its aggregated members'."""
-    with pg_conn.cursor() as cur:
-        cur.execute(
-            f"SELECT CASE WHEN batch_count > 1 THEN item->>'id' ELSE event_id END FROM {table}"
-            f" LEFT JOIN LATERAL jsonb_array_elements(CASE WHEN batch_count > 1 THEN data->'items'"
-            f" END) AS item ON true")
-        return [r[0] for r in cur.fetchall()]
 
 
 @pytest.mark.postgres
@@ -87,7 +63,7 @@ def test_postgres_away_longer_than_every_retry_loses_nothing(postgres_url, proxy
         result = batcher.close(timeout=30)  # no manual step: the lane delivers its spool
         stats = batcher.stats()["sinks"][sink.name]
         ids = [i for per in emitted for i in per]
-        stored = _stored_ids(pg_conn, unique_name)
+        stored = stored_ids(pg_conn, unique_name)
         print(f"{len(ids)} emitted, {len(stored)} stored; {stats['spooled']} spooled and "
               f"{stats['redelivered']} redelivered; {stats['retries']} retries; {result}")
         assert during["state"] == "failing" and during["spooled"] > 0  # the outage outlasted the retries

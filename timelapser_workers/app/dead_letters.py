@@ -28,12 +28,11 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import orjson
-
 from timelapser_workers.config import BatcherConfig
 from timelapser_workers.errors import PermanentSinkError
 from timelapser_workers.events import Event
-from timelapser_workers.records import Line, event_from_record, read_lines, rewrite_records
+from timelapser_workers.deadletter import dead_letter_lines
+from timelapser_workers.records import Line, event_from_record, rewrite_records
 from timelapser_workers.refusals import settle
 from timelapser_workers.spool_files import spooled_events
 from timelapser_workers.statedir import expand
@@ -79,13 +78,8 @@ class _Record:
 def _read(path: Path, args: argparse.Namespace) -> tuple[list[_Record], int]:
     """The records of ``path`` that match the filters, and how many lines are damaged."""
     records, damaged = [], 0
-    for line in read_lines(path):
-        if line.body is None:
-            damaged += 1
-            continue
-        try:
-            data = orjson.loads(line.body)
-        except orjson.JSONDecodeError:
+    for line, data in dead_letter_lines(path):
+        if data is None:
             damaged += 1
             continue
         if args.sink is not None and data.get("sink") != args.sink:
