@@ -165,7 +165,7 @@ class SinkLane(SpoolDrain):
                 self._queue.put(marker)
 
     def _reach(self, marker: Marker) -> None:
-        marker.delivered, marker.failed = self.delivered, self.failed
+        marker.delivered, marker.failed, marker.spool_errors = self.delivered, self.failed, self.spool_errors
         marker.done.set()
 
     def start(self) -> None:
@@ -404,7 +404,7 @@ class SinkLane(SpoolDrain):
             "retries": self.retries,
             "failures": self.send_errors,
             "dead_lettered": self.failed,
-            "dropped": dict(self.dropped),
+            "dropped": {**self.dropped, **({"spool_error": self.spool_errors} if self.spool_errors else {})},
             "pending": self.pending,
             "last_error": self.last_error,
             "latency_p50_ms": _percentile(lat, 0.50),

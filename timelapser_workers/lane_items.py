@@ -41,10 +41,11 @@ class LaneBatch:
 class Marker:
     """A place in a lane's queue; set when the lane has finished everything before it."""
 
-    __slots__ = ("target", "done", "delivered", "failed")
+    __slots__ = ("target", "done", "delivered", "failed", "spool_errors")
 
     def __init__(self, target: int) -> None:
         self.target = target  # the lane's enqueued count when the marker was placed
         self.done = threading.Event()
         self.delivered = 0
         self.failed = 0
+        self.spool_errors = 0  # of those failed: spool appends the disk refused

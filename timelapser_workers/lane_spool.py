@@ -209,7 +209,8 @@ class SpoolDrain:
             with self._queue.cond:
                 if found.unsent:  # down again on the way: behind the others
                     self._spool_locked([LaneBatch(found.unsent)], from_queue=False)
-                spool.ack(record)
+            spool.ack(record)
+            with self._queue.cond:
                 ok = record.originals - found.refused_count - found.unsent_count
                 self._count(ok, failed=found.refused_count, state=FAILING if found.unsent else HEALTHY)
         except BaseException as exc:  # closing, or the spool closed: it stays on disk

@@ -120,8 +120,12 @@ class Pipeline:
         request = FlushRequest(self.lanes)
         self.ingress.put_control(request)
         result = request.wait(deadline, queued=self.ingress.qsize)
-        self.dead_letters.wait_idle(deadline)  # what failed is on disk when flush returns
-        return result
+        self.dead_letters.wait_idle(deadline)  # what failed or was spooled is on disk now
+        # a spool append the disk refused after its marker was reached: dead-lettered since
+        late = sum(lane.spool_errors - marker.spool_errors for lane, marker in request.markers
+                   if marker.done.is_set())
+        return FlushResult(result.delivered, result.failed + late, result.pending,
+                           sum(lane.spool_events for lane in self.lanes))
 
     # --- shutting down ---------------------------------------------------------------------
     def begin_close(self, deadline: float, *, orphaned: bool = False) -> None:

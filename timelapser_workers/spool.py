@@ -276,6 +276,9 @@ class Spool:
             names = os.listdir(self.directory)
         except FileNotFoundError:
             return 0
+        except OSError as exc:  # appends will fail too: their events go to the dead letter
+            logger.error("spool of sink %r: cannot read %s: %s", self.sink_name, self.directory, exc)
+            return 0
         owners: dict[str, list[str]] = {}
         for name in names:
             owner, _, rest = name.partition(".")

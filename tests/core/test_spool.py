@@ -189,3 +189,17 @@ def test_a_torn_spool_record_is_skipped_and_the_whole_ones_delivered(tmp_path):
     assert got == [0, 1, 2, 3, 4] and later.corrupt == 1 and later.empty
     later.close()
     assert sorted(p.name for p in (tmp_path / "target").iterdir()) == []
+
+
+def test_a_spool_the_disk_refuses_dead_letters_its_events_and_counts_them(make_batcher, dead_letter, tmp_path):
+    (tmp_path / "spool").mkdir()
+    (tmp_path / "spool" / "target").write_text("a file where the sink's spool directory would be")
+    batcher = make_batcher([Down()], use_batching=False, max_retries=0, spool_dir=tmp_path / "spool")
+    ids = [batcher.emit("E", {"n": n}, worker="w").id for n in range(5)]
+    result = batcher.flush(timeout=10)
+    stats = batcher.stats()["sinks"]["target"]
+    assert (result.failed, result.spooled) == (5, 0)
+    assert stats["spool_errors"] == stats["dropped"]["spool_error"] == stats["dead_lettered"] == 5
+    records = dead_letter.read()
+    assert sorted(r["event"]["id"] for r in records) == sorted(ids)
+    assert {r["reason"] for r in records} == {"spool_error"} and "Not a directory" in records[0]["error"]
