@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.engine.url import URL
 
-from timelapser_workers.contract import BaseSink, Event
+from timelapser_workers.contract import BaseSink, Event, PermanentSinkError
 from timelapser_workers.sinks.options import redact_url
 from timelapser_workers.sql.codec import event_row
 from timelapser_workers.sql.engine import (
@@ -43,6 +43,7 @@ from timelapser_workers.sql.engine import (
 from timelapser_workers.sql.schema import (
     DEFAULT_NOTIFY_CHANNEL,
     DEFAULT_TABLE,
+    check_event_id_unique,
     check_identifier,
     create_all_concurrently,
     events_table,
@@ -126,13 +127,21 @@ class DatabaseSink(BaseSink):
 
     # --- setup ---------------------------------------------------------------------------
     def ensure_table(self) -> None:
-        """Create the table and its indexes if they are missing (once per sink; cheap after)."""
+        """Create the table and its indexes if they are missing, and check that ``event_id``
+        is unique in it (once per sink; cheap after). PermanentSinkError naming the table and
+        the fix if it is not: writes could not be idempotent."""
         if self._ready:
             return
         with self._ready_lock:
-            if self._create_table and not self._ready:  # not made by another thread meanwhile
+            if self._is_ready():  # made by another thread meanwhile
+                return
+            if self._create_table:
                 create_all_concurrently(self.metadata, self.engine)
+            check_event_id_unique(self.engine, self.table)
             self._ready = True
+
+    def _is_ready(self) -> bool:
+        return self._ready
 
     @property
     def copy_conflicts(self) -> int:
@@ -159,7 +168,10 @@ class DatabaseSink(BaseSink):
         self._ready_lock = threading.Lock()  # another thread may have held it at fork
 
     def _write(self, batch: Sequence[Event]) -> None:
-        self.ensure_table()
+        try:
+            self.ensure_table()
+        except PermanentSinkError as exc:  # the table, not the rows: refuse the batch whole
+            raise PermanentSinkError(str(exc), events=list(batch)) from exc
         self.rows_written += self.writer.write(batch)
         self.batches_written += 1
 

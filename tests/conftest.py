@@ -39,6 +39,13 @@ def _work_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
 
 
+@pytest.fixture(autouse=True)
+def _state_home(tmp_path_factory, monkeypatch) -> None:
+    """The library's default files (dead letters, spools) go to the user's state directory:
+    for a test (and the programs it runs), a temporary one of its own."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+
+
 @pytest.fixture(scope="session")
 def _postgres_probe() -> tuple[str, str | None]:
     url = os.environ.get("TIMELAPSER_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)

@@ -33,6 +33,8 @@ from timelapser_workers.lane import SinkLane
 from timelapser_workers.lifecycle import after_fork_in_child, install_sigterm_handler, track
 from timelapser_workers.pipeline import Pipeline
 from timelapser_workers.signal_adapter import SignalAdapter
+from timelapser_workers.spool import Spool
+from timelapser_workers.statedir import expand, writable_dir
 
 __all__ = ["EventBatcher", "FlushResult"]
 
@@ -57,7 +59,8 @@ class EventBatcher:
     batch_timeout, overflow, shutdown_timeout ...); each one not given comes from its
     ``TIMELAPSER_...`` environment variable or its default, and a bad value raises ValueError
     naming it. ``config``: a resolved BatcherConfig to start from. ``dead_letter``: a
-    callable(events, sink_name, reason, error) or a path for the JSON-lines default.
+    callable(events, sink_name, reason, error) or a path for the default file. The dead-letter
+    file's and the spool's directories are checked here (ValueError naming the setting).
     """
 
     def __init__(
@@ -73,7 +76,11 @@ class EventBatcher:
         self.config = BatcherConfig.resolve(base=config, **settings)
         self.name = name
         self.policy = aggregation if aggregation is not None else AggregationPolicy()
-        self.dead_letter = resolve_dead_letter(dead_letter, self.config.dead_letter_path)
+        cfg = self.config
+        self.dead_letter = resolve_dead_letter(dead_letter, cfg.dead_letter_path,
+                                               origin=cfg.origin("dead_letter_path"))
+        self._spool_root = None if cfg.spool_max_bytes == 0 else writable_dir(
+            expand(cfg.spool_dir), "spool_dir", cfg.origin("spool_dir"))
         self._max_event_bytes = self.config.max_event_bytes
         self._slot = _Slot(self._new_pipeline())
         submit, reject = _signal_callbacks(self._slot, name)
@@ -113,9 +120,13 @@ class EventBatcher:
 
     def _new_lane(self, sink: Sink, name: str) -> SinkLane:
         cfg = self.config
+        spool = None
+        if self._spool_root is not None:
+            spool = Spool(self._spool_root, name, cfg.spool_max_bytes)
+            spool.adopt()  # what an earlier process with this sink name left: delivered first
         return SinkLane(sink, name, max_retries=cfg.max_retries, retry_delay=cfg.retry_delay,
                         retry_max_delay=cfg.retry_max_delay, max_events=cfg.lane_max_events,
-                        send_timeout=cfg.send_timeout, dead_letter=self._pipe.dead_letters)
+                        send_timeout=cfg.send_timeout, dead_letter=self._pipe.dead_letters, spool=spool)
 
     @property
     def sinks(self) -> list[Sink]:

@@ -154,8 +154,16 @@ class BatcherConfig:
                                        doc="`close()`/atexit deadline (s)")
     max_event_bytes: int = _setting(1_048_576, "MAX_EVENT_BYTES", _count(1),
                                     doc="largest event data, about, in bytes of JSON")
-    dead_letter_path: str = _setting("timelapser-dead-letter.jsonl", "DEAD_LETTER_PATH", _path,
-                                     doc="where the default dead-letter handler appends (JSON lines)")
+    dead_letter_path: str = _setting("$XDG_STATE_HOME/timelapser-workers/dead-letters.jsonl",
+                                     "DEAD_LETTER_PATH", _path,
+                                     doc="where the default dead-letter handler appends (`$XDG_STATE_HOME`: "
+                                         "that variable, else `~/.local/state`)")
+    spool_dir: str = _setting("$XDG_STATE_HOME/timelapser-workers/spool", "SPOOL_DIR", _path,
+                              doc="where each sink's spool keeps what it could not deliver yet "
+                                  "(a directory per sink name)")
+    spool_max_bytes: int = _setting(268_435_456, "SPOOL_MAX_BYTES", _count(0),
+                                    doc="the most one sink's spool holds on disk; past it, dead letters "
+                                        "(`spool_full`); 0: no spool")
     use_batching: bool = _setting(True, "USE_BATCHING", _flag,
                                   doc="False: every event delivered on its own (the rollback switch)")
     handle_sigterm: bool = _setting(True, "HANDLE_SIGTERM", _flag,
@@ -178,8 +186,12 @@ class BatcherConfig:
             raise TypeError(f"unknown batcher setting(s): {', '.join(unknown)}; "
                             f"known: {', '.join(fields)}")
         if base is not None:
-            return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+            given = {k: v for k, v in given.items() if v is not None}
+            made = dataclasses.replace(base, **given)
+            object.__setattr__(made, "_sources", {k: v for k, v in base._origins().items() if k not in given})
+            return made
         values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
         for name, field in fields.items():
             value = given.get(name)
             if value is not None:
@@ -203,11 +215,23 @@ class BatcherConfig:
                 raise ValueError(f"environment variable {source}={text!r} is not a valid "
                                  f"{getattr(kind, '__name__', kind)} for {name}; unset it or give "
                                  f"a value like {field.default!r}") from None
+            sources[name] = f" (from the environment variable {source}={text!r})"
             try:
                 values[name] = field.metadata["check"](name, value)
             except ValueError as exc:
-                raise ValueError(f"{exc} (from the environment variable {source}={text!r})") from None
-        return cls(**values)
+                raise ValueError(f"{exc}{sources[name]}") from None
+        made = cls(**values)
+        object.__setattr__(made, "_sources", sources)
+        return made
+
+    def _origins(self) -> dict[str, str]:
+        sources: dict[str, str] = getattr(self, "_sources", {})
+        return sources
+
+    def origin(self, name: str) -> str:
+        """Where setting ``name`` came from, for an error message: " (from the environment
+        variable X='...')", or "" for an argument or the default."""
+        return self._origins().get(name, "")
 
     @classmethod
     def describe(cls) -> list[tuple[str, Any, str, str]]:

@@ -6,6 +6,8 @@ refuse a batch for good; any other exception from a sink is treated as transient
 
 from __future__ import annotations
 
+from typing import Mapping
+
 __all__ = [
     "TimelapserError",
     "SinkError",
@@ -33,13 +35,15 @@ class TransientSinkError(SinkError):
 class PermanentSinkError(SinkError):
     """The batch will never succeed as it is (bad data, constraint, schema); do not retry.
 
-    ``events``, when given, names the events at fault; the rest of the batch may be retried
-    or has already been stored by the sink.
+    ``events``, when given, names the events at fault (Events or ids); the rest of the batch
+    has been stored by the sink. ``errors``, when given, maps an event id to that event's own
+    error (what its dead-letter record says); the others get ``message``.
     """
 
-    def __init__(self, message: str, events: object = None) -> None:
+    def __init__(self, message: str, events: object = None, errors: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.events = events
+        self.errors: Mapping[str, str] = errors or {}
 
 
 class BatcherClosedError(TimelapserError):

@@ -28,17 +28,33 @@ __all__ = ["Flusher", "FlushRequest", "FlushResult", "STOP"]
 logger = logging.getLogger("timelapser_workers.batcher")
 
 
-class FlushResult(NamedTuple):
-    """What a flush or close achieved, counted in original events summed over sinks:
-    delivered and failed (dead-lettered) while it waited, and still pending at its deadline."""
-
+class _Counts(NamedTuple):
     delivered: int
     failed: int
     pending: int
 
+
+class FlushResult(_Counts):
+    """What a flush or close achieved, counted in original events summed over sinks:
+    delivered and failed (dead-lettered) while it waited, and still pending (in memory) at
+    its deadline: a 3-tuple. ``spooled`` (not part of the tuple) is what the sinks' spools held
+    on disk when it returned: delivered when each sink is back, or by the next batcher with
+    the same sink names."""
+
+    spooled: int
+
+    def __new__(cls, delivered: int, failed: int, pending: int, spooled: int = 0) -> "FlushResult":
+        result = super().__new__(cls, delivered, failed, pending)
+        result.spooled = spooled
+        return result
+
+    def __repr__(self) -> str:
+        return (f"FlushResult(delivered={self.delivered}, failed={self.failed}, "
+                f"pending={self.pending}, spooled={self.spooled})")
+
     @property
     def complete(self) -> bool:
-        """True when nothing was left pending at the deadline."""
+        """True when nothing was left pending in memory at the deadline."""
         return self.pending == 0
 
 
@@ -69,8 +85,8 @@ class FlushRequest:
                 delivered += lane.delivered - d0
                 failed += lane.failed - f0
                 target = marker.target if marker is not None else lane.enqueued
-                pending += max(0, target - lane.delivered - lane.failed)
-        return FlushResult(delivered, failed, pending)
+                pending += max(0, target - lane.settled)
+        return FlushResult(delivered, failed, pending, sum(lane.spool_events for lane in self._lanes))
 
 
 STOP = object()

@@ -1,4 +1,4 @@
-"""SinkLane: one sink's own queue and thread, with retries, isolation, dead letters and stats.
+"""SinkLane: one sink's own queue and thread, with retries, isolation, the spool and stats.
 
 A lane is in one of three states, and its state decides what a full lane does to the flush
 thread that hands it a batch:
@@ -6,17 +6,19 @@ thread that hands it a batch:
 - ``healthy`` (the sink answers, however slowly): the flush thread waits for room. It stops
   taking from the ingress meanwhile, so the ingress fills and its overflow policy decides
   (``block``: producers wait). A slow sink slows intake instead of losing events.
-- ``failing`` (a batch spent its retries): the sink is isolated. Batches that do not fit go
-  to the dead letter at once; queued ones get one attempt each, until one succeeds and the
-  lane is healthy again.
-- ``hung`` (one ``send`` has lasted longer than ``send_timeout``): the sink is isolated. What
-  it holds, the batch in flight included, goes to the dead letter; so does every new batch
-  until the send returns.
+- ``failing`` (a batch spent its retries) and ``hung`` (one ``send`` has lasted longer than
+  ``send_timeout``): the sink is isolated. The batch (or the one in flight), what the lane
+  holds and every new batch go to the sink's spool on disk, in order; the lane delivers them
+  from there when it can (lane_spool.py).
 
-Retries use tenacity: ``max_retries`` after the first attempt, exponential backoff from
-``retry_delay`` with jitter, capped at ``retry_max_delay``, ended early by the shutdown
-deadline. Any exception from a sink, BaseException included, is a failed send: the lane
-thread never dies. On stop, the lane thread closes its sink itself (under the deadline).
+Only a permanent refusal goes to the dead letter, and only the events at fault
+(refusals.py). With no spool (``spool_max_bytes=0``), what would be spooled is dead-lettered
+instead (``retries_exhausted``, ``sink_failing``, ``sink_hung``, ``shutdown_timeout``) and a
+failing lane gives each queued batch one try. Retries use tenacity: ``max_retries`` after the
+first attempt, exponential backoff from ``retry_delay`` with jitter, capped at
+``retry_max_delay``, ended early by the shutdown deadline. Any exception from a sink,
+BaseException included, is a failed send: the lane thread never dies. On stop, the lane
+thread closes its sink itself (under the deadline).
 """
 
 from __future__ import annotations
@@ -33,42 +35,18 @@ from timelapser_workers.backoff import exponential_wait
 from timelapser_workers.deadletter import DeadLetterWriter
 from timelapser_workers.errors import PermanentSinkError
 from timelapser_workers.events import Event
+from timelapser_workers.lane_items import FAILING, HEALTHY, HUNG, STOP, WAKE, LaneBatch, Marker
+from timelapser_workers.lane_spool import SpoolDrain
+from timelapser_workers.refusals import Refused, settle
+from timelapser_workers.spool import Spool
 from timelapser_workers.threads import DaemonThread, WorkQueue, remaining
 
 __all__ = ["SinkLane", "LaneBatch", "Marker", "close_lanes", "HEALTHY", "FAILING", "HUNG"]
 
 logger = logging.getLogger(__name__)
 
-HEALTHY, FAILING, HUNG = "healthy", "failing", "hung"
 _LATENCY_SAMPLES = 8192  # the last this many delivery latencies make p50 and p99
 _LATENCY_PER_BATCH = 32  # a large batch is sampled evenly, not measured event by event
-
-
-class LaneBatch:
-    """What one send() carries: the events (a tuple: no sink can change what another sees),
-    and how many original events they stand for."""
-
-    __slots__ = ("events", "count")
-
-    def __init__(self, events: Sequence[Event], count: int | None = None) -> None:
-        self.events: tuple[Event, ...] = tuple(events)
-        # ``count``: given by a caller that knows (raw events: one each), else summed
-        self.count = sum(len(e.members) or 1 for e in self.events) if count is None else count
-
-
-class Marker:
-    """A place in a lane's queue; set when the lane has finished everything before it."""
-
-    __slots__ = ("target", "done", "delivered", "failed")
-
-    def __init__(self, target: int) -> None:
-        self.target = target  # the lane's enqueued count when the marker was placed
-        self.done = threading.Event()
-        self.delivered = 0
-        self.failed = 0
-
-
-_STOP = object()
 
 
 class _StopRetrying(tenacity.stop.stop_base):
@@ -80,12 +58,12 @@ class _StopRetrying(tenacity.stop.stop_base):
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
         lane, deadline = self.lane, self.lane._deadline
-        if lane.state == FAILING or lane._in_flight is lane._abandoned:  # one try; or dead-lettered
+        if lane.state == FAILING or lane._in_flight is lane._abandoned:  # one try; or taken away
             return True
         return deadline is not None and time.monotonic() >= deadline
 
 
-class SinkLane:
+class SinkLane(SpoolDrain):
     """Deliver batches to one sink from one thread, in order. Built by EventBatcher."""
 
     def __init__(
@@ -99,6 +77,7 @@ class SinkLane:
         max_events: int,
         send_timeout: float,
         dead_letter: DeadLetterWriter,
+        spool: Spool | None = None,
     ) -> None:
         self.sink = sink
         self.name = name
@@ -114,12 +93,13 @@ class SinkLane:
         self._thread = DaemonThread(f"timelapser-lane-{name}", self._run)
         self._in_flight: LaneBatch | None = None
         self._send_started: float | None = None  # monotonic start of the send in progress
-        self._abandoned: LaneBatch | None = None  # dead-lettered while still in flight
+        self._abandoned: LaneBatch | None = None  # spooled or dead-lettered while in flight
         self._check_every = min(0.25, send_timeout / 4)
         # counters, in original events unless named batches; written under the queue's lock
         self.enqueued = 0
-        self.delivered = 0
-        self.failed = 0  # dead-lettered: permanent errors, retries spent, isolated, shutdown
+        self.settled = 0  # of those: delivered, dead-lettered or spooled (the rest is pending)
+        self.delivered = 0  # to the sink, from the queue or from the spool
+        self._failed = 0  # dead-lettered
         self.batches_sent = 0
         self.retries = 0
         self.send_errors = 0
@@ -134,43 +114,58 @@ class SinkLane:
             before_sleep=self._before_retry,
             reraise=True,
         )
+        self._init_spool(spool, retry_delay, retry_max_delay)
 
     # --- called by the flush thread -------------------------------------------------------
     def put(self, batch: LaneBatch) -> None:
-        """Queue ``batch``. While the lane is healthy and full, wait for room (backpressure);
-        a failing or hung lane, or the passed shutdown deadline, sends it to the dead letter."""
+        """Queue ``batch``. While the lane is healthy and full, wait for room (backpressure).
+        A failing or hung lane spools it (dead-letters it without a spool); so does the
+        passed shutdown deadline."""
         with self._queue.cond:
             self.enqueued += batch.count
+        if self._spooling:
+            batch.spool_line()  # encoded before the lock is taken
         while True:
             self._check_hung()
-            if self.state == HUNG:
-                self._divert([batch], "sink_hung")
-                return
-            healthy = self.state == HEALTHY
-            wait_until = 0.0
-            if healthy:
-                wait_until = time.monotonic() + self._check_every
-                if self._deadline is not None:
-                    wait_until = min(wait_until, self._deadline)
-            if self._queue.put(batch, batch.count, deadline=wait_until):
-                return
+            with self._queue.cond:  # reentrant: held across the check and the put
+                if self._spooling:
+                    self._spool_locked([batch])
+                    return
+                if self.state == HUNG:
+                    self._divert([batch], "sink_hung")
+                    return
+                healthy = self.state == HEALTHY
+                wait_until = 0.0
+                if healthy:
+                    wait_until = time.monotonic() + self._check_every
+                    if self._deadline is not None:
+                        wait_until = min(wait_until, self._deadline)
+                if self._queue.put(batch, batch.count, deadline=wait_until, abort=self._is_spooling):
+                    return
+                if self._is_spooling():
+                    continue  # the lane began spooling meanwhile: behind what it spooled
             if not healthy:
                 self._divert([batch], "sink_failing")
                 return
             if self._deadline is not None and time.monotonic() >= self._deadline:
-                self._divert([batch], "shutdown_timeout")
+                self._divert([batch], "shutdown_timeout", behind_queue=True)
                 return
+
+    def _is_spooling(self) -> bool:
+        return self._spooling
 
     def put_marker(self, marker: Marker) -> None:
         with self._queue.cond:
             marker.target = self.enqueued
-            if self.state == HUNG:  # everything before it went to the dead letter already
+            if self._spooling:
+                self._spool_marker_locked(marker)
+            elif self.state == HUNG:  # everything before it went to the dead letter already
                 self._reach(marker)
             else:
                 self._queue.put(marker)
 
     def _reach(self, marker: Marker) -> None:
-        marker.delivered, marker.failed = self.delivered, self.failed
+        marker.delivered, marker.failed, marker.spool_errors = self.delivered, self.failed, self.spool_errors
         marker.done.set()
 
     def start(self) -> None:
@@ -185,45 +180,67 @@ class SinkLane:
                 return
             self.state = HUNG
         logger.error("sink %r has been in one send for more than send_timeout=%.1fs: isolated; its "
-                     "events go to the dead letter until the send returns", self.name, self.send_timeout)
+                     "events go to the %s until the send returns", self.name, self.send_timeout,
+                     "spool" if self.spool is not None else "dead letter")
         self._abandon("sink_hung")
 
     def _abandon(self, reason: str) -> int:
-        """Dead-letter what the lane holds, the batch in flight included; return the count."""
+        """Spool (or dead-letter) what the lane holds, the batch in flight included; return the
+        count."""
         with self._queue.cond:
-            held = self._queue.remove_all(lambda item: isinstance(item, LaneBatch))
-            markers = self._queue.remove_all(lambda item: isinstance(item, Marker))
             in_flight = self._in_flight
+            first = []
             if in_flight is not None and in_flight is not self._abandoned:
                 self._abandoned = in_flight
-                held.insert(0, in_flight)
+                first.append(in_flight)
+            if self.spool is not None:
+                return self._spool_locked(first)
+            held = first + self._queue.remove_all(lambda item: isinstance(item, LaneBatch))
+            markers = self._queue.remove_all(lambda item: isinstance(item, Marker))
         self._divert(held, reason)
         with self._queue.cond:
             for marker in markers:  # what they wait for has just been dead-lettered
                 self._reach(marker)
         return sum(b.count for b in held)
 
-    def _divert(self, batches: Sequence[LaneBatch], reason: str) -> None:
-        """Count ``batches`` as failed and hand them to the dead-letter thread."""
+    def _divert(self, batches: Sequence[LaneBatch], reason: str, behind_queue: bool = False,
+                error: BaseException | None = None) -> None:
+        """Spool ``batches`` (after what is queued, if ``behind_queue``), or without a spool,
+        count them as failed and hand them to the dead letter (with ``error``, if known)."""
+        if self.spool is not None:
+            with self._queue.cond:
+                if behind_queue:
+                    self._spool_locked([], batches)
+                else:
+                    self._spool_locked(batches)
+            return
         for batch in batches:
             with self._queue.cond:
-                self.failed += batch.count
+                self.settled += batch.count
+                self._failed += batch.count
                 self.dropped[reason] += batch.count
-            self._dead_letter(batch.events, reason, None)
+            self._dead_letter(batch.events, reason, error)
 
     # --- the lane thread -----------------------------------------------------------------
     def _run(self) -> None:
         while True:
+            if self._spooling and self._drain():
+                self._close_sink()
+                return
             with self._queue.cond:  # taken and in flight at once: _abandon() sees it either way
+                if self._spooling:
+                    continue
                 item = self._queue.get()
                 if isinstance(item, LaneBatch):
                     self._in_flight = item
-            if item is _STOP:
+            if item is STOP:
                 self._close_sink()
                 return
             if isinstance(item, Marker):
                 with self._queue.cond:
                     self._reach(item)
+                continue
+            if item is WAKE:
                 continue
             self._deliver(item)
             with self._queue.cond:
@@ -240,25 +257,29 @@ class SinkLane:
         events = batch.events
         try:
             self._retrying(self._send, events)
-        except PermanentSinkError as exc:  # the sink is up; the data is refused
+        except PermanentSinkError as exc:  # the sink is up; some of the data is refused
             self._note_error(exc)
-            bad = _subset(exc.events, events)
-            bad_count = sum(e.batch_count for e in bad)
-            self._finish(batch, delivered=batch.count - bad_count, failed=bad_count, dead=bad,
-                         reason="permanent_error", error=exc, state=HEALTHY)
+            found = settle(self._send, events, exc)
+            self._finish(batch, delivered=batch.count - found.refused_count - found.unsent_count,
+                         refused=found.refused, unsent=found.unsent,
+                         state=FAILING if found.unsent else HEALTHY, error=exc)
         except BaseException as exc:  # retries spent, or the deadline: any exception at all
             self._note_error(exc)
-            reason = "sink_failing" if self.state == FAILING else "retries_exhausted"
-            self._finish(batch, delivered=0, failed=batch.count, dead=events, reason=reason,
-                         error=exc, state=FAILING)
+            self._finish(batch, delivered=0, refused=[], unsent=list(events), state=FAILING, error=exc)
         else:
-            now, step = time.monotonic(), max(1, len(events) // _LATENCY_PER_BATCH)
-            self.latencies.extend(now - m.created_mono for e in events[::step] for m in (e.members or (e,)))
-            self._finish(batch, delivered=batch.count, failed=0, dead=(), reason="", error=None,
-                         state=HEALTHY)
+            self._sample(events)
+            self._finish(batch, delivered=batch.count, refused=[], unsent=[], state=HEALTHY)
 
-    def _finish(self, batch: LaneBatch, *, delivered: int, failed: int, dead: Sequence[Event],
-                reason: str, error: BaseException | None, state: str) -> None:
+    def _sample(self, events: Sequence[Event]) -> None:
+        now, step = time.monotonic(), max(1, len(events) // _LATENCY_PER_BATCH)
+        self.latencies.extend(now - m.created_mono for e in events[::step] for m in (e.members or (e,)))
+
+    def _finish(self, batch: LaneBatch, *, delivered: int, refused: list[Refused], unsent: list[Event],
+                state: str, error: BaseException | None = None) -> None:
+        refused_count = sum(r.event.batch_count for r in refused)
+        rest = None
+        if unsent:
+            rest = batch if len(unsent) == len(batch.events) else LaneBatch(unsent)
         with self._queue.cond:
             was = self.state
             self.state = state
@@ -266,16 +287,31 @@ class SinkLane:
             if not abandoned:
                 self.batches_sent += 1 if delivered else 0
                 self.delivered += delivered
-                self.failed += failed
+                self._failed += refused_count
+                self.settled += batch.count - (rest.count if rest is not None else 0)
+                if rest is not None and self.spool is not None:
+                    self._spool_locked([rest])  # with the state: put() spools behind it
         if state != was:
-            log = logger.warning if state == FAILING else logger.info
-            log("sink %r is %s (was %s)", self.name, state, was)
-        if abandoned:  # counted and dead-lettered when it was abandoned
-            logger.warning("sink %r finished a batch of %d event(s) after it had been dead-lettered "
-                           "(%d delivered): replaying the dead letter may repeat them",
+            spool = self.spool
+            where = f": its events go to its spool ({spool.directory})" if spool and state == FAILING else ""
+            (logger.warning if state == FAILING else logger.info)(
+                "sink %r is %s (was %s)%s", self.name, state, was, where)
+        if abandoned:  # counted, and spooled or dead-lettered, when it was taken away
+            logger.warning("sink %r finished a batch of %d event(s) after it had been taken away "
+                           "(%d delivered): the sink may receive them twice (it dedupes by event id)",
                            self.name, batch.count, delivered)
             return
-        self._dead_letter(dead, reason, error)
+        self._refused(refused)
+        if rest is not None and self.spool is None:
+            self._divert([rest], "sink_failing" if was == FAILING else "retries_exhausted", error=error)
+
+    def _refused(self, refused: list[Refused]) -> None:
+        """Dead-letter refused events, each with its own error."""
+        by_error: dict[str, list[Event]] = {}
+        for item in refused:
+            by_error.setdefault(item.error, []).append(item.event)
+        for error, events in by_error.items():
+            self._dead_letter(events, "permanent_error", PermanentSinkError(error))
 
     def _sleep(self, seconds: float) -> None:
         deadline = self._deadline
@@ -322,12 +358,12 @@ class SinkLane:
             if self._stop_sent:
                 return
             self._stop_sent = True
-            self._queue.put(_STOP)
+            self._queue.put(STOP)
 
     def join(self, deadline: float) -> bool:
         """Wait for the lane thread until ``deadline``. If it is still busy (a hung sink),
-        dead-letter what it still holds ('shutdown_timeout'), the batch in flight included,
-        and return False. The thread ends by itself if the sink ever returns."""
+        spool (or dead-letter: 'shutdown_timeout') what it still holds, the batch in flight
+        included, and return False. The thread ends by itself if the sink ever returns."""
         if not self._thread.started:
             self._close_sink()  # never started: nothing was queued, only the sink to close
             return True
@@ -338,7 +374,8 @@ class SinkLane:
         count = self._abandon("shutdown_timeout")
         if count:
             logger.warning("sink %r did not finish within the shutdown deadline; the %d event(s) "
-                           "it held were dead-lettered", self.name, count)
+                           "it held were %s", self.name, count,
+                           "spooled" if self.spool is not None else "dead-lettered")
         else:
             logger.warning("sink %r did not close within the shutdown deadline; abandoned", self.name)
         return False
@@ -349,9 +386,14 @@ class SinkLane:
 
     # --- stats ---------------------------------------------------------------------------
     @property
+    def failed(self) -> int:
+        """Events dead-lettered (refused, or with nowhere else to go)."""
+        return self._failed + self.spool_errors
+
+    @property
     def pending(self) -> int:
-        """Events enqueued and not yet delivered or dead-lettered."""
-        return max(0, self.enqueued - self.delivered - self.failed)
+        """Events enqueued and not yet delivered, dead-lettered or spooled."""
+        return max(0, self.enqueued - self.settled)
 
     def stats(self) -> dict[str, Any]:
         lat = sorted(self.latencies)
@@ -362,17 +404,18 @@ class SinkLane:
             "retries": self.retries,
             "failures": self.send_errors,
             "dead_lettered": self.failed,
-            "dropped": dict(self.dropped),
+            "dropped": {**self.dropped, **({"spool_error": self.spool_errors} if self.spool_errors else {})},
             "pending": self.pending,
             "last_error": self.last_error,
             "latency_p50_ms": _percentile(lat, 0.50),
             "latency_p99_ms": _percentile(lat, 0.99),
+            **self.spool_stats(),
         }
 
 
 def close_lanes(lanes: Sequence[SinkLane], deadline: float) -> list[SinkLane]:
     """Stop every lane and wait for each until ``deadline`` (each closes its own sink); what
-    a lane still holds then is dead-lettered. Returns the lanes that did not finish."""
+    a lane still holds then is spooled or dead-lettered. Returns the lanes that did not finish."""
     for lane in lanes:
         lane.set_deadline(deadline)
         lane.stop()
@@ -384,13 +427,3 @@ def _percentile(sorted_values: list[float], q: float) -> float | None:
         return None
     index = min(len(sorted_values) - 1, int(q * len(sorted_values)))
     return round(sorted_values[index] * 1000.0, 3)
-
-
-def _subset(named: Any, events: Sequence[Event]) -> Sequence[Event]:
-    """The events a PermanentSinkError names (by Event or id), or all when it names none."""
-    if not named:
-        return events
-    ids = {e.id if isinstance(e, Event) else e for e in named}
-    # an aggregated event is picked when it or one of its members is named
-    picked = [e for e in events if e.id in ids or any(m.id in ids for m in e.members)]
-    return picked or events

@@ -7,8 +7,8 @@ are delivered, its threads end, its sinks are closed) instead of leaking them.
 
 Shutting down is one sequence, run once, by the flush thread after its last flush (or by
 whoever closes a pipeline whose flush thread never started or died): stop every lane and
-wait for it until the deadline (each lane closes its own sink), dead-letter what a hung lane
-still holds, then close the dead-letter writer. ``close()`` starts it and waits for it; called
+wait for it until the deadline (each lane closes its own sink), spool (or dead-letter) what a
+hung lane still holds, close the disk writer, then the spools (what they hold stays on disk). ``close()`` starts it and waits for it; called
 again (after Ctrl-C interrupted it, or from atexit) it waits for the same sequence, so a
 batcher is never left half closed; called from a sink's own thread, it starts it and returns.
 """
@@ -76,7 +76,7 @@ class Pipeline:
             if self.closing:
                 raise BatcherClosedError(f"batcher {self.name!r} is closed; cannot add sink {lane.name!r}")
             self.lanes = self.lanes + [lane]
-            if self.thread.started:
+            if self.thread.started or lane.has_backlog:  # a spool left by an earlier process: now
                 lane.start()
 
     def start(self) -> None:
@@ -115,12 +115,17 @@ class Pipeline:
     def flush(self, deadline: float) -> FlushResult:
         """Deliver everything queued before this call; wait at most until ``deadline``."""
         if not self.thread.alive:
-            return FlushResult(0, 0, self.ingress.qsize() + sum(lane.pending for lane in self.lanes))
+            return FlushResult(0, 0, self.ingress.qsize() + sum(lane.pending for lane in self.lanes),
+                               sum(lane.spool_events for lane in self.lanes))
         request = FlushRequest(self.lanes)
         self.ingress.put_control(request)
         result = request.wait(deadline, queued=self.ingress.qsize)
-        self.dead_letters.wait_idle(deadline)  # what failed is on disk when flush returns
-        return result
+        self.dead_letters.wait_idle(deadline)  # what failed or was spooled is on disk now
+        # a spool append the disk refused after its marker was reached: dead-lettered since
+        late = sum(lane.spool_errors - marker.spool_errors for lane, marker in request.markers
+                   if marker.done.is_set())
+        return FlushResult(result.delivered, result.failed + late, result.pending,
+                           sum(lane.spool_events for lane in self.lanes))
 
     # --- shutting down ---------------------------------------------------------------------
     def begin_close(self, deadline: float, *, orphaned: bool = False) -> None:
@@ -168,6 +173,8 @@ class Pipeline:
                 self.dead_letters.submit(late, "(batcher)", "shutdown_timeout", None)
             close_lanes(self.lanes, self.deadline)
             self.dead_letters.close(max(self.deadline, time.monotonic() + _GRACE))
+            for lane in self.lanes:  # after the disk writer: what they hold stays for the next start
+                lane.close_spool()
             self._done.set()
         release(self)
 
@@ -182,6 +189,7 @@ class Pipeline:
             sum(lane.delivered - d for lane, (d, _) in zip(self.lanes, before)),
             sum(lane.failed - f for lane, (_, f) in zip(self.lanes, before)),
             self.ingress.qsize() + sum(lane.pending for lane in self.lanes),
+            sum(lane.spool_events for lane in self.lanes),
         )
 
     def stats(self) -> dict[str, Any]:

@@ -98,15 +98,21 @@ class WorkQueue(Generic[T]):
     def _fits(self, weight: int) -> bool:
         return weight == 0 or self._weight == 0 or self._weight + weight <= self.capacity
 
-    def put(self, item: T, weight: int = 0, *, deadline: float | None = 0.0) -> bool:
+    def put(self, item: T, weight: int = 0, *, deadline: float | None = 0.0,
+            abort: Callable[[], bool] | None = None) -> bool:
         """Append ``item``; while it does not fit, wait for room until ``deadline``
-        (time.monotonic(); None: no limit, 0.0: do not wait). False if it never fit."""
+        (time.monotonic(); None: no limit, 0.0: do not wait). False if it never fit, or if
+        ``abort()`` (checked under the queue's lock) became true first."""
         with self.cond:
-            while not self._fits(weight):
+            while abort is None or not abort():
+                if self._fits(weight):
+                    break
                 left = remaining(deadline)
                 if left == 0.0:
                     return False
                 self.cond.wait(left)
+            else:
+                return False
             self._items.append((item, weight))
             self._weight += weight
             self.cond.notify_all()

@@ -115,16 +115,37 @@ def test_transient_failure_is_retried_then_delivered(make_batcher, flaky_sink, d
     assert dead_letter.read() == []
 
 
-def test_retries_exhausted_go_to_the_dead_letter_and_are_counted(make_batcher, flaky_sink, dead_letter):
+def test_retries_exhausted_go_to_the_spool_and_are_delivered_when_the_sink_is_back(
+        make_batcher, flaky_sink, dead_letter):
     sink = flaky_sink(failures=10**9)
-    batcher = make_batcher([sink], max_retries=2, retry_delay=0.01, batch_timeout=0.01)
+    batcher = make_batcher([sink], max_retries=2, retry_delay=0.01, retry_max_delay=0.05, batch_timeout=0.01)
     ids = [batcher.emit(JOB_STARTED, {"job_id": i}, worker="w").id for i in range(3)]
     result = batcher.flush(timeout=5)
-    assert (result.delivered, result.failed, result.pending) == (0, 3, 0)
+    assert (result.delivered, result.failed, result.pending, result.spooled) == (0, 0, 0, 3)
+    stats = batcher.stats()["sinks"]["flaky"]
+    assert stats["state"] == "failing" and stats["spooled"] == stats["spool_events"] == 3
+    assert "TransientSinkError: flaky" in stats["last_error"] and sink.calls >= 3
+    sink.failures = 0  # back: the lane's next probe delivers the spool
+    assert sink.wait_for(3, timeout=10)
+    assert sorted(m.id for m in sink.raw_events) == sorted(ids)
+    deadline = time.monotonic() + 5  # counted once the send has returned
+    while batcher.stats()["sinks"]["flaky"]["redelivered"] < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stats = batcher.stats()["sinks"]["flaky"]
+    assert (stats["redelivered"], stats["spool_events"], stats["dead_lettered"]) == (3, 0, 0)
+    assert dead_letter.read() == []
+
+
+def test_without_a_spool_retries_exhausted_go_to_the_dead_letter(make_batcher, flaky_sink, dead_letter):
+    sink = flaky_sink(failures=10**9)
+    batcher = make_batcher([sink], max_retries=2, retry_delay=0.01, batch_timeout=0.01, spool_max_bytes=0)
+    ids = [batcher.emit(JOB_STARTED, {"job_id": i}, worker="w").id for i in range(3)]
+    result = batcher.flush(timeout=5)
+    assert (result.delivered, result.failed, result.pending, result.spooled) == (0, 3, 0, 0)
     assert sink.calls == 3  # first attempt + max_retries
     records = dead_letter.read()
     assert {r["reason"] for r in records} == {"retries_exhausted"}
-    dead_ids = [item["id"] for r in records for item in r["event"]["data"].get("items", [r["event"]])]
+    dead_ids = [m["id"] for r in records for m in r["event"].get("members", [r["event"]])]
     assert sorted(dead_ids) == sorted(ids)
     stats = batcher.stats()["sinks"]["flaky"]
     assert stats["dead_lettered"] == 3 and "TransientSinkError: flaky" in stats["last_error"]
@@ -245,8 +266,9 @@ def test_flush_and_close_keep_their_deadlines_with_a_hung_sink(make_batcher, gat
     start = time.monotonic()
     closed = batcher.close(timeout=0.5)
     assert time.monotonic() - start < 0.5 + 0.5
-    assert closed.pending == 0 and closed.failed == 6  # in flight + queued: dead-lettered
-    assert {r["reason"] for r in dead_letter.read()} == {"shutdown_timeout"}
+    # in flight + queued: on disk in the hung sink's spool, for the next start
+    assert (closed.pending, closed.failed, closed.spooled) == (0, 0, 6)
+    assert dead_letter.read() == []
     assert ok.closed and not hung.closed
 
 
@@ -387,16 +409,21 @@ def test_a_full_queue_in_block_mode_is_never_raised_into_a_signal_sender(make_ba
     policy.release.set()
 
 
-def test_a_hung_sink_at_close_is_dead_lettered_once_and_its_thread_ends(make_batcher, gate_sink, dead_letter):
+def test_a_hung_sink_at_close_is_spooled_once_its_thread_ends_and_the_next_batcher_delivers(
+        make_batcher, gate_sink, dead_letter, tmp_path):
     hung = gate_sink("hung")
-    batcher = make_batcher([hung], batch_timeout=0.01, use_batching=False)
+    batcher = make_batcher([hung], batch_timeout=0.01, use_batching=False, spool_dir=tmp_path / "spool")
     batcher.emit("E", {"n": 0}, worker="w")
     assert hung.entered.wait(5)
     batcher.emit("E", {"n": 1}, worker="w")
     result = batcher.close(timeout=0.3)
-    assert (result.failed, result.pending) == (2, 0)
-    assert sorted(r["event"]["data"]["n"] for r in dead_letter.read()) == [0, 1]
+    assert (result.failed, result.pending, result.spooled) == (0, 0, 2)
+    assert dead_letter.read() == []
     lane = batcher._pipe.lanes[0]
     hung.gate.set()  # the sink returns after all: not counted twice, and the thread ends
     assert lane._thread.join(time.monotonic() + 5)
-    assert (lane.delivered, lane.failed) == (0, 2)
+    assert (lane.delivered, lane.failed, lane.spooled) == (0, 0, 2)
+    later = MemorySink("hung")  # the same sink name and spool directory: delivered at start
+    make_batcher([later], spool_dir=tmp_path / "spool")
+    assert later.wait_for(2, timeout=5)
+    assert [e.data["n"] for e in later.events] == [0, 1]

@@ -85,7 +85,7 @@ def test_flush_and_close_refuse_a_bad_timeout(bad, tmp_path):
 def _sample(name, default):
     """A valid value for a setting, other than its default, as environment text and as stored."""
     samples = {"overflow": ("block", "block"), "flush_priority": ("critical", Priority.CRITICAL),
-               "dead_letter_path": ("/tmp/x.jsonl", "/tmp/x.jsonl")}
+               "dead_letter_path": ("/tmp/x.jsonl", "/tmp/x.jsonl"), "spool_dir": ("/tmp/x-spool", "/tmp/x-spool")}
     if name in samples:
         return samples[name]
     if isinstance(default, bool):

@@ -50,24 +50,26 @@ def test_a_slow_healthy_sink_holds_back_the_producers_and_loses_nothing(make_bat
 def test_a_hung_sink_is_isolated_after_send_timeout_and_the_others_go_on(make_batcher, gate_sink, dead_letter):
     hung, fast = gate_sink("hung"), MemorySink("fast")
     batcher = make_batcher([hung, fast], use_batching=False, lane_max_events=5, send_timeout=0.3)
-    batcher.emit("E", {"n": 0}, worker="w")
+    ids = [batcher.emit("E", {"n": 0}, worker="w").id]
     assert hung.entered.wait(5)
-    for n in range(1, 101):
-        batcher.emit("E", {"n": n}, worker="w")
+    ids += [batcher.emit("E", {"n": n}, worker="w").id for n in range(1, 101)]
     assert fast.wait_for(101, timeout=10), "the healthy sink waited for the hung one"
-    assert batcher.flush(timeout=10).complete
+    result = batcher.flush(timeout=10)
+    assert result.complete and result.spooled == 101  # in flight + every later one: on disk
     stats = batcher.stats()["sinks"]["hung"]
     assert stats["state"] == "hung"
-    assert stats["dropped"] == {"sink_hung": 101} and stats["dead_lettered"] == 101
-    assert sorted(r["event"]["data"]["n"] for r in dead_letter.read()) == list(range(101))
-    assert {r["reason"] for r in dead_letter.read()} == {"sink_hung"}
-    hung.gate.set()  # the send returns at last: the lane is healthy again, nothing counted twice
+    assert (stats["spooled"], stats["dead_lettered"], stats["pending"]) == (101, 0, 0)
+    assert dead_letter.read() == []
+    hung.gate.set()  # the send returns at last: the lane delivers its spool, oldest first
+    ids.append(batcher.emit("E", {"n": 101}, worker="w").id)
+    assert hung.wait_for(1 + 102, timeout=10)  # n=0 went through late: the spool has it too
     assert _wait(lambda: batcher.stats()["sinks"]["hung"]["state"] == "healthy")
-    batcher.emit("E", {"n": 101}, worker="w")
     assert batcher.flush(timeout=10).complete
-    assert [e.data["n"] for e in hung.events] == [0, 101]  # 0 went through late: both places
+    assert [e.data["n"] for e in hung.events] == [0] + list(range(102))
+    assert {e.id for e in hung.events} == set(ids)  # a sink that dedupes by id stores each once
     stats = batcher.stats()["sinks"]["hung"]
-    assert (stats["events_sent"], stats["dead_lettered"], stats["pending"]) == (1, 101, 0)
+    assert (stats["events_sent"], stats["dead_lettered"], stats["spool_events"]) == (102, 0, 0)
+    assert stats["redelivered"] >= 101  # n=101 too, if the spool was not empty yet
 
 
 class _BrokenSink(MemorySink):
@@ -86,10 +88,32 @@ class _BrokenSink(MemorySink):
         super().send(batch)
 
 
-def test_a_failing_sink_is_isolated_then_recovers(make_batcher, dead_letter):
+def test_a_failing_sink_is_isolated_spooled_in_order_then_delivered(make_batcher, dead_letter):
     down, fast = _BrokenSink(), MemorySink("fast")
     batcher = make_batcher([down, fast], use_batching=False, lane_max_events=3, max_retries=2,
-                           retry_delay=0.01)
+                           retry_delay=0.01, retry_max_delay=0.05)
+    for n in range(50):
+        batcher.emit("E", {"n": n}, worker="w")
+    assert fast.wait_for(50, timeout=10)
+    result = batcher.flush(timeout=10)
+    assert result.complete and result.spooled == 50
+    stats = batcher.stats()["sinks"]["broken"]
+    assert stats["state"] == "failing" and stats["events_sent"] == 0 and stats["dead_lettered"] == 0
+    assert stats["spooled"] == 50 and dead_letter.read() == []
+    calls = down.calls  # the first batch's attempts, then probes with backoff, not a try per batch
+    down.broken.clear()  # back up: the spool is delivered, oldest first, then the queue again
+    batcher.emit("E", {"n": 50}, worker="w")
+    assert down.wait_for(51, timeout=10)
+    assert [e.data["n"] for e in down.events] == list(range(51))
+    assert _wait(lambda: batcher.stats()["sinks"]["broken"]["spool_events"] == 0)
+    assert batcher.stats()["sinks"]["broken"]["state"] == "healthy"
+    assert calls < 50
+
+
+def test_without_a_spool_a_failing_sink_dead_letters_then_recovers(make_batcher, dead_letter):
+    down, fast = _BrokenSink(), MemorySink("fast")
+    batcher = make_batcher([down, fast], use_batching=False, lane_max_events=3, max_retries=2,
+                           retry_delay=0.01, spool_max_bytes=0)
     for n in range(50):
         batcher.emit("E", {"n": n}, worker="w")
     assert fast.wait_for(50, timeout=10)
@@ -124,16 +148,17 @@ class _ExitingSink(MemorySink):
 @pytest.mark.parametrize("error", [SystemExit, KeyboardInterrupt, GeneratorExit])
 def test_any_base_exception_from_a_sink_is_a_failed_send_and_the_lane_lives(make_batcher, dead_letter, error):
     sink = _ExitingSink(error)
-    batcher = make_batcher([sink], use_batching=False, max_retries=1, retry_delay=0.01)
+    batcher = make_batcher([sink], use_batching=False, max_retries=1, retry_delay=0.01, retry_max_delay=0.05)
     batcher.emit("E", {"n": 0}, worker="w")
     batcher.emit("E", {"n": 1}, worker="w")
     result = batcher.flush(timeout=10)
-    assert (result.delivered, result.failed, result.pending) == (0, 2, 0)
-    assert {r["error"].split(":")[0] for r in dead_letter.read()} == {error.__name__}
+    assert (result.delivered, result.failed, result.pending, result.spooled) == (0, 0, 0, 2)
+    assert batcher.stats()["sinks"]["exiting"]["last_error"].split(":")[0] == error.__name__
     sink.failing = False
     batcher.emit("E", {"n": 2}, worker="w")
-    assert batcher.flush(timeout=10).delivered == 1  # the lane thread is alive
-    assert batcher.close(timeout=5).pending == 0
+    assert sink.wait_for(3, timeout=10)  # the lane thread is alive
+    assert [e.data["n"] for e in sink.events] == [0, 1, 2]
+    assert batcher.close(timeout=5).pending == 0 and dead_letter.read() == []
 
 
 def test_each_sink_gets_an_immutable_batch_of_its_own(make_batcher):

@@ -68,23 +68,32 @@ def test_atexit_delivers_what_a_program_never_closed(tmp_path):
 
 
 def test_a_hung_sink_does_not_hold_the_exit_past_shutdown_timeout(tmp_path):
-    dead = tmp_path / "dead.jsonl"
+    dead, spool, out = tmp_path / "dead.jsonl", tmp_path / "spool", tmp_path / "events.jsonl"
     proc = _run(
         """
         b = EventBatcher([FileSink(sys.argv[1], hang=True)], batch_timeout=0.01,
-                         shutdown_timeout=1.0, dead_letter=sys.argv[2])
+                         shutdown_timeout=1.0, dead_letter=sys.argv[2], spool_dir=sys.argv[3])
         for n in range(10):
             b.emit("JOB_STARTED", {"n": n}, worker="w")
         print(time.monotonic(), flush=True)   # the last statement: the exit starts here
         """,
-        str(tmp_path / "never.jsonl"), str(dead),
+        str(tmp_path / "never.jsonl"), str(dead), str(spool),
     )
     ended = time.monotonic()  # the monotonic clock is the same in every process of this machine
     assert proc.returncode == 0, proc.stderr
     took = ended - float(proc.stdout.split()[-1])
     assert took < 1.0 + 0.5, took  # the README: shutdown_timeout + 0.5 s
-    assert sorted(r["event"]["data"]["n"] for r in _lines(dead)) == list(range(10))
-    assert "shutdown deadline" in proc.stderr
+    assert "shutdown deadline" in proc.stderr and not dead.exists()
+    # what the hung sink held is in its spool: the next program with that sink delivers it
+    proc = _run(
+        """
+        b = EventBatcher([FileSink(sys.argv[1])], dead_letter=sys.argv[2], spool_dir=sys.argv[3])
+        b.close()
+        """,
+        str(out), str(dead), str(spool),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(r["n"] for r in _lines(out)) == list(range(10)) and not dead.exists()
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

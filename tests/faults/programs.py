@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["Program", "sqlite_rows", "dead_letters"]
+__all__ = ["Program", "sqlite_rows", "dead_letters", "spooled"]
 
 
 class Program:
@@ -98,9 +98,14 @@ def sqlite_rows(db: Path, table: str = "sse_events", column: str = "COALESCE(SUM
 
 
 def dead_letters(path: Path) -> list[dict[str, Any]]:
-    """Every dead-letter record written (none if there is no file)."""
-    import json
+    """Every dead-letter record written (none if there is no file; torn lines skipped)."""
+    from timelapser_workers.deadletter import read_dead_letters
 
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_dead_letters(path)[0]
+
+
+def spooled(spool_dir: Path) -> dict[str, int]:
+    """Sink name -> events waiting in its spool under ``spool_dir``."""
+    from timelapser_workers.spool_files import spooled_events
+
+    return spooled_events(spool_dir)

@@ -6,7 +6,9 @@ about 2.5 s (through a loopback TCP proxy the test controls; the shared server i
 Afterwards every emitted event is accounted for: stored exactly once (counted by event id in
 the table; aggregated rows expanded through data->items) or dead-lettered, and the dead letters
 in the file agree with the batcher's counters. With a retry budget longer than the outage
-nothing is dead-lettered; with a short one the outage's batches are, and counted.
+nothing is dead-lettered; with a short one the outage's batches go to the sink's spool and are
+delivered when the server is back, so nothing is dead-lettered either; without a spool they
+are dead-lettered, and counted.
 """
 
 from __future__ import annotations
@@ -99,10 +101,13 @@ def dead_ids(records: list[dict]) -> list[str]:
     [
         # ~40 attempts, backoff capped at 0.5 s: far longer than the outage
         dict(max_retries=40, retry_delay=0.05, retry_max_delay=0.5, wants_aggregated=True),
-        # 2 attempts ~0.1 s apart: a batch that meets the outage is dead-lettered
-        dict(max_retries=1, retry_delay=0.05, retry_max_delay=0.05, wants_aggregated=False),
+        # 2 attempts ~0.1 s apart: a batch that meets the outage is spooled, delivered later
+        dict(max_retries=1, retry_delay=0.05, retry_max_delay=0.2, wants_aggregated=False),
+        # the same without a spool: a batch that meets the outage is dead-lettered
+        dict(max_retries=1, retry_delay=0.05, retry_max_delay=0.05, wants_aggregated=False,
+             spool_max_bytes=0),
     ],
-    ids=["retries-outlast-outage", "short-budget-dead-letters"],
+    ids=["retries-outlast-outage", "short-budget-spools", "short-budget-no-spool-dead-letters"],
 )
 def test_killed_backends_and_an_outage_lose_nothing_silently(
     postgres_url: str, proxy: TcpProxy, table: str, pg_conn, tmp_path: Path, budget: dict
@@ -118,7 +123,7 @@ def test_killed_backends_and_an_outage_lose_nothing_silently(
     batcher = EventBatcher(
         [sink], batch_size=50, batch_timeout=0.02, max_queue_size=100_000, overflow="block",
         block_timeout=DEADLINE_S, lane_max_events=100_000, shutdown_timeout=DEADLINE_S,
-        dead_letter=dead, **budget,
+        dead_letter=dead, spool_dir=tmp_path / "spool", **budget,
     )
     killer = Killer(pg_conn, app)
     emitted: list[list[str]] = [[] for _ in range(PRODUCERS)]
@@ -182,6 +187,10 @@ def test_killed_backends_and_an_outage_lose_nothing_silently(
     assert stats["events_sent"] + stats["dead_lettered"] == len(all_ids), stats
     if budget["max_retries"] > 1:
         assert dead_list == [] and sorted(stored) == sorted(all_ids), stats
+    elif budget.get("spool_max_bytes") != 0:
+        assert dead_list == [] and sorted(stored) == sorted(all_ids), stats
+        assert stats["spooled"] > 0 and stats["redelivered"] == stats["spooled"], stats
+        assert stats["spool_events"] == 0 and stats["spool_full"] == 0, stats
     else:
         assert dead_list, "the outage outlasted the retry budget, yet nothing was dead-lettered"
         # the batch that spent its retries, then one try each while the sink was failing

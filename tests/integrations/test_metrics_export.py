@@ -22,7 +22,7 @@ from timelapser_workers.sinks import MemorySink
 def busy_batcher(make_batcher, flaky_sink):
     """A batcher that delivered, dead-lettered and rejected something, then went quiet."""
     good = MemorySink("good")
-    bad = flaky_sink(failures=1, error=lambda: PermanentSinkError("refused"))
+    bad = flaky_sink(failures=10**9, error=lambda: PermanentSinkError("refused"))  # every event
     batcher = make_batcher([good, bad], name="jobs")
     batcher.connect()
     for job_id in range(5):

@@ -126,8 +126,9 @@ def test_outage_shorter_than_the_retry_budget_is_delivered_after_recovery(postgr
 def test_outage_longer_than_the_retry_budget_is_dead_lettered_and_counted(postgres_url: str, proxy: TcpProxy, unique_name: str, pg_conn) -> None:
     dead = DeadLetters()
     sink = DatabaseSink(_proxied(postgres_url, proxy), table=unique_name, wants_aggregated=False, connect_timeout=2)
-    try:
-        with EventBatcher([sink], batch_size=10, batch_timeout=0.05, max_retries=2, retry_delay=0.05, retry_max_delay=0.1, dead_letter=dead) as batcher:
+    try:  # without a spool (with one: tests/faults/test_spool_outages.py)
+        with EventBatcher([sink], batch_size=10, batch_timeout=0.05, max_retries=2, retry_delay=0.05,
+                          retry_max_delay=0.1, dead_letter=dead, spool_max_bytes=0) as batcher:
             emit_jobs(batcher, 5)
             assert batcher.flush(10) == (5, 0, 0)
             proxy.down()

@@ -22,6 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_arguments(demo_parser)
     sinks = sub.add_parser("sinks", help="list the available sinks and where each comes from")
     sinks.add_argument("--check", action="store_true", help="also import each one and report errors")
+    from timelapser_workers.app import dead_letters
+
+    dead = sub.add_parser("dead-letters", help="list, show, replay or purge the dead letters")
+    dead_letters.add_arguments(dead)
     return parser
 
 
@@ -34,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_demo(args)
     if args.command == "sinks":
         return list_sinks(check=args.check)
+    if args.command == "dead-letters":
+        from timelapser_workers.app.dead_letters import run
+
+        return run(args)
     return 2
 
 

@@ -108,7 +108,8 @@ DEAD_LETTER_SPECS: dict[str, MetricSpec] = {
     "written": _c("dead_letter.written", _EV, "Events written to the dead letter."),
     "errors": _c("dead_letter.errors", _EV, "Events whose dead-letter write failed (counted, not written)."),
     "dropped": _c("dead_letter.dropped", _EV, "Events the dead-letter writer could not take in time (counted, not written)."),
-    "waiting": _g("dead_letter.waiting", _EV, "Events queued for the dead-letter writer now."),
+    "waiting": _g("dead_letter.waiting", _EV, "Events queued for the disk writer now (dead letters and spool appends)."),
+    "spooled": _c("dead_letter.spooled", _EV, "Events the disk writer appended to the sinks' spools."),
 }
 SINK_SPECS: dict[str, MetricSpec] = {
     "batches_sent": _c("sink.batches.sent", _BA, "Batches a sink took (one send() each)."),
@@ -118,6 +119,14 @@ SINK_SPECS: dict[str, MetricSpec] = {
     "dead_lettered": _c("sink.events.dead_lettered", _EV, "Events a sink did not take, sent to the dead letter."),
     "dropped": _c("sink.events.dropped", _EV, "Events of a sink dead-lettered without a send (lane full, shutdown), by reason.", "reason"),
     "pending": _g("sink.events.pending", _EV, "Events waiting in a sink's lane or in flight now."),
+    "spooled": _c("sink.events.spooled", _EV, "Events a failing, hung or closing sink's lane sent to its spool."),
+    "redelivered": _c("sink.events.redelivered", _EV, "Events delivered from a sink's spool."),
+    "spool_full": _c("sink.events.spool_full", _EV, "Events dead-lettered because the sink's spool was full."),
+    "spool_errors": _c("sink.events.spool_errors", _EV, "Events dead-lettered because the disk refused the spool append."),
+    "spool_events": _g("sink.spool.events", _EV, "Events in a sink's spool now (on disk or on the way)."),
+    "spool_bytes": _g("sink.spool.bytes", "By", "Bytes in a sink's spool now."),
+    "spool_adopted": _c("sink.spool.adopted", _EV, "Events found in the spool, left by an earlier process."),
+    "spool_corrupt": _c("sink.spool.corrupt", "{line}", "Torn or damaged spool lines skipped."),
 }
 LATENCY = MetricSpec(
     "sink.delivery_latency", "gauge", "s",

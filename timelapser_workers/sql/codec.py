@@ -120,7 +120,13 @@ def copy_buffer(batch: Sequence[Event]) -> io.StringIO:
         for e in batch
     ]  # fmt: skip
     lines.append("")
-    return io.StringIO("\n".join(lines))
+    text = "\n".join(lines)
+    if not text.isascii():
+        # text with no UTF-8 form (a lone surrogate in a name; data is checked at the edge)
+        # raises UnicodeEncodeError here, a row error the sink splits the batch on, instead of
+        # failing inside the driver's COPY as a cancelled query (transient: retried for ever)
+        text.encode("utf-8")
+    return io.StringIO(text)
 
 
 # --- reading back ------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ __all__ = [
 ]
 
 DEFAULT_BUSY_TIMEOUT_SECONDS = 5.0
+_SQLITE_REOPEN = ("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_IOERR")
 DEFAULT_CONNECT_TIMEOUT_SECONDS = 5
 
 
@@ -45,7 +46,9 @@ def create_sink_engine(
     """Make an Engine the way DatabaseSink wants one, for a URL it was given.
 
     SQLite: WAL journal, ``busy_timeout`` seconds of waiting on a locked database,
-    synchronous=NORMAL (durable across a process crash; WAL keeps it consistent).
+    synchronous=NORMAL (durable across a process crash; WAL keeps it consistent); a
+    connection that met a read-only, missing or failing file is dropped, not reused (SQLite
+    would keep it read-only after the file became writable again).
     PostgreSQL: the driver the URL names (``postgresql+psycopg2://``, ``postgresql+psycopg://``;
     a plain ``postgresql://`` gets :func:`default_postgres_driver`), pool pre-ping (a dead
     pooled connection is replaced, not handed out),
@@ -68,6 +71,14 @@ def create_sink_engine(
                 cur.execute("PRAGMA synchronous=NORMAL")
             finally:
                 cur.close()
+
+        @sa.event.listens_for(engine, "handle_error")
+        def _reopen_after(context: Any) -> None:
+            # a connection opened while the file was read-only (or missing, or its disk
+            # failing) stays so: drop it, so the next attempt opens the file afresh
+            name = getattr(context.original_exception, "sqlite_errorname", "") or ""
+            if name.startswith(_SQLITE_REOPEN):
+                context.is_disconnect = True
 
         return engine
     if backend == "postgresql":

@@ -26,14 +26,16 @@ from sqlalchemy import (
     Text,
     func,
 )
-from sqlalchemy import exc
+from sqlalchemy import exc, inspect
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
 
+from timelapser_workers.errors import PermanentSinkError
 from timelapser_workers.sql.codec import EVENT_COLUMNS
 
 __all__ = [
     "create_all_concurrently",
+    "check_event_id_unique",
     "DEFAULT_TABLE",
     "DEFAULT_NOTIFY_CHANNEL",
     "DEFAULT_LOGS_TABLE",
@@ -162,3 +164,33 @@ def create_all_concurrently(metadata: MetaData, engine: Engine, attempts: int = 
             if not raced or attempt == attempts:
                 raise
             logger.debug("tables were created concurrently (%s); checking again", error.orig)
+
+
+def check_event_id_unique(engine: Engine, table: Table) -> None:
+    """Raise PermanentSinkError naming ``table`` and the fix if it exists without a unique
+    constraint or index on ``event_id`` alone: writes could not be idempotent (COPY would store
+    a retried batch twice; ``INSERT ... ON CONFLICT (event_id)`` is refused outright). A table
+    that does not exist, or a database the writers do not support, is left to the write to
+    report."""
+    if engine.dialect.name not in ("sqlite", "postgresql"):
+        return
+    insp = inspect(engine)
+    name, schema = table.name, table.schema
+    if not insp.has_table(name, schema=schema):
+        return
+    wanted = ["event_id"]
+    if insp.get_pk_constraint(name, schema=schema).get("constrained_columns") == wanted:
+        return
+    if any(c.get("column_names") == wanted for c in insp.get_unique_constraints(name, schema=schema)):
+        return
+    for index in insp.get_indexes(name, schema=schema):
+        partial = any(k.endswith("_where") and v is not None for k, v in index.get("dialect_options", {}).items())
+        if index.get("unique") and index.get("column_names") == wanted and not partial:
+            return
+    qualified = f"{schema}.{name}" if schema else name
+    raise PermanentSinkError(
+        f"table {qualified!r} has no unique constraint or index on event_id, so writing to it "
+        f"cannot be idempotent (a retried batch would be stored twice, or refused); add one: "
+        f"CREATE UNIQUE INDEX {name[:50]}_event_id_key ON {qualified} (event_id) (after removing "
+        "duplicate event_ids), or give DatabaseSink a new table name and let it create the table"
+    )

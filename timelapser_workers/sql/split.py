@@ -60,6 +60,7 @@ def write_or_split(
                 f"{name}: {len(bad)} of {len(batch)} events refused by the database "
                 f"(first: {bad[0][0].id} {short_error(bad[0][1])}); the other {len(batch) - len(bad)} were stored",
                 events=[e for e, _ in bad],
+                errors={e.id: f"{name}: {short_error(error)}" for e, error in bad},
             ) from exc
 
 
