@@ -72,7 +72,7 @@ def test_a_stalled_dead_letter_holds_back_its_senders_and_loses_nothing(make_bat
     assert batcher.flush(timeout=10).pending == 0
     assert batcher.stats()["sinks"]["refusing"]["dead_lettered"] == 20
     assert handler.written == list(range(20))  # every one written, in order, none dropped
-    assert _dead_letter_stats(batcher) == {"written": 20, "errors": 0, "dropped": 0, "waiting": 0}
+    assert _dead_letter_stats(batcher) == {"written": 20, "errors": 0, "dropped": 0, "waiting": 0, "spooled": 0}
 
 
 def test_past_shutdown_timeout_a_batch_is_counted_as_unwritten(make_batcher, caplog) -> None:
@@ -103,5 +103,5 @@ def test_a_failing_dead_letter_handler_is_counted_and_logged(make_batcher, caplo
     for n in range(3):
         batcher.emit("E", {"n": n}, worker="w")
     assert batcher.flush(timeout=10).failed == 3
-    assert _dead_letter_stats(batcher) == {"written": 0, "errors": 3, "dropped": 0, "waiting": 0}
+    assert _dead_letter_stats(batcher) == {"written": 0, "errors": 3, "dropped": 0, "waiting": 0, "spooled": 0}
     assert "dead-letter handler failed" in caplog.text and "disk full" in caplog.text

@@ -23,7 +23,8 @@ def test_no_producer_waits_on_a_sink_that_never_returns(make_batcher, gate_sink,
     (drop_newest), never waited for. A sink slower than the producers holds them back only
     with overflow='block', which this is not."""
     stuck = gate_sink("stuck")
-    batcher = make_batcher([stuck], batch_size=50, batch_timeout=0.01, max_queue_size=1000,
+    # spool_max_bytes=0: an isolated sink's events are dead-lettered, so they can be counted here
+    batcher = make_batcher([stuck], spool_max_bytes=0, batch_size=50, batch_timeout=0.01, max_queue_size=1000,
                            lane_max_events=1000, send_timeout=send_timeout)
     batcher.connect()
     batcher.emit("E", {"n": -1}, worker="first")

@@ -53,7 +53,8 @@ _PROGRAM = """
     sink = Stalled()
     batcher = EventBatcher([sink], batch_size=batch, batch_timeout=0.02, max_queue_size=max_queue,
                            lane_max_events=lane_max, send_timeout=send_timeout, overflow="drop_newest",
-                           dead_letter=dead_letter, shutdown_timeout=30)
+                           dead_letter=dead_letter, shutdown_timeout=30,
+                           spool_max_bytes=0)  # the in-memory holders alone (a spool is on disk)
     batcher.emit("JOB_STARTED", payload(-1), worker="w0")   # the threads run: the baseline has them
     baseline = peak = rss()
     done = threading.Event()
