@@ -173,11 +173,12 @@ class DeadLetterWriter:
     overflows or is isolated) does not wait on I/O.
 
     Bounded: with ``max_events`` waiting, ``submit`` waits for room (up to ``block_timeout``
-    seconds: an overloaded disk slows the pipeline rather than losing events); past that a
-    batch is not written but counted (``dropped``) and logged. A spool append the disk refuses
-    (full, read-only) goes to the dead letter instead (``spool_error``). ``close(deadline)``
-    writes what is waiting until the deadline; what is left then is counted as dropped too.
-    One per EventBatcher; its thread starts on first use.
+    seconds, and never past ``deadline`` once shutting down: an overloaded disk slows the
+    pipeline rather than losing events); past that a batch is not written but counted
+    (``dropped``) and logged. A spool append the disk refuses (full, read-only) goes to the
+    dead letter instead (``spool_error``). ``close(deadline)`` writes what is waiting until the
+    deadline; what is left then is counted as dropped too. One per EventBatcher; its thread
+    starts on first use.
     """
 
     def __init__(self, handler: DeadLetterHandler, max_events: int, name: str = "events",
@@ -185,6 +186,7 @@ class DeadLetterWriter:
         self.handler = handler
         self.max_events = max_events
         self.block_timeout = block_timeout
+        self.deadline: float | None = None  # shutting down: no wait for room past this
         self.name = name
         self._queue: WorkQueue[Any] = WorkQueue(max_events)
         self._thread = DaemonThread(f"timelapser-disk-{name}", self._run)
@@ -209,7 +211,10 @@ class DeadLetterWriter:
         self._thread.start()  # started on first use
         # full: wait for room (that slows whoever hands work over, and so, through the bounded
         # queue, the producers) rather than lose the batch; give up at the deadline
-        if self._queue.put(job, job.weight, deadline=time.monotonic() + self.block_timeout):
+        wait_until = time.monotonic() + self.block_timeout
+        if self.deadline is not None:
+            wait_until = min(wait_until, self.deadline)
+        if self._queue.put(job, job.weight, deadline=wait_until):
             return
         self._lost(job)
         logger.error("disk writer of %r is %d events behind; %d event(s) of sink %r were not written, "

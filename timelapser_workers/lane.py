@@ -5,7 +5,10 @@ thread that hands it a batch:
 
 - ``healthy`` (the sink answers, however slowly): the flush thread waits for room. It stops
   taking from the ingress meanwhile, so the ingress fills and its overflow policy decides
-  (``block``: producers wait). A slow sink slows intake instead of losing events.
+  (``block``: producers wait). A slow sink slows intake instead of losing events. Except
+  while the batch in flight is being retried, when the lane has a spool: then the batch in
+  flight, the queue and the new batch go to the spool, in that order (the sink is probably
+  down; the flush thread does not wait out the retries).
 - ``failing`` (a batch spent its retries) and ``hung`` (one ``send`` has lasted longer than
   ``send_timeout``): the sink is isolated. The batch (or the one in flight), what the lane
   holds and every new batch go to the sink's spool on disk, in order; the lane delivers them
@@ -17,7 +20,8 @@ instead (``retries_exhausted``, ``sink_failing``, ``sink_hung``, ``shutdown_time
 failing lane gives each queued batch one try. Retries use tenacity: ``max_retries`` after the
 first attempt, exponential backoff from ``retry_delay`` with jitter, capped at
 ``retry_max_delay``, ended early by the shutdown deadline. Any exception from a sink,
-BaseException included, is a failed send: the lane thread never dies. On stop, the lane
+BaseException included, is a failed send; an error of the lane's own (a bug) is logged and
+its batch spooled or dead-lettered: the lane thread never dies. On stop, the lane
 thread closes its sink itself (under the deadline).
 """
 
@@ -47,6 +51,10 @@ logger = logging.getLogger(__name__)
 
 _LATENCY_SAMPLES = 8192  # the last this many delivery latencies make p50 and p99
 _LATENCY_PER_BATCH = 32  # a large batch is sampled evenly, not measured event by event
+
+
+class _TakenAway(Exception):
+    """The batch in flight was spooled (or dead-lettered) between two attempts: not sent again."""
 
 
 class _StopRetrying(tenacity.stop.stop_base):
@@ -94,6 +102,8 @@ class SinkLane(SpoolDrain):
         self._in_flight: LaneBatch | None = None
         self._send_started: float | None = None  # monotonic start of the send in progress
         self._abandoned: LaneBatch | None = None  # spooled or dead-lettered while in flight
+        self._finished: LaneBatch | None = None  # the last batch _finish() counted
+        self._retrying_now = False  # the batch in flight failed and waits for its next attempt
         self._check_every = min(0.25, send_timeout / 4)
         # counters, in original events unless named batches; written under the queue's lock
         self.enqueued = 0
@@ -109,7 +119,7 @@ class SinkLane(SpoolDrain):
         self._retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(max_retries + 1) | _StopRetrying(self),
             wait=exponential_wait(retry_delay, retry_max_delay, jitter=retry_delay),
-            retry=tenacity.retry_if_not_exception_type(PermanentSinkError),
+            retry=tenacity.retry_if_not_exception_type((PermanentSinkError, _TakenAway)),
             sleep=self._sleep,
             before_sleep=self._before_retry,
             reraise=True,
@@ -134,7 +144,7 @@ class SinkLane(SpoolDrain):
                 if self.state == HUNG:
                     self._divert([batch], "sink_hung")
                     return
-                healthy = self.state == HEALTHY
+                healthy = self.state == HEALTHY and not (self._retrying_now and self.spool is not None)
                 wait_until = 0.0
                 if healthy:
                     wait_until = time.monotonic() + self._check_every
@@ -145,6 +155,9 @@ class SinkLane(SpoolDrain):
                 if self._is_spooling():
                     continue  # the lane began spooling meanwhile: behind what it spooled
             if not healthy:
+                if self.state == HEALTHY:  # retrying, with a spool: in flight, queued, then this
+                    self._abandon("sink_failing")
+                    continue
                 self._divert([batch], "sink_failing")
                 return
             if self._deadline is not None and time.monotonic() >= self._deadline:
@@ -175,33 +188,45 @@ class SinkLane(SpoolDrain):
         started = self._send_started
         if started is None or self.state == HUNG or time.monotonic() - started <= self.send_timeout:
             return
-        with self._queue.cond:
+        with self._queue.cond:  # hung, and what it holds taken, at once: the send may return
             if self.state == HUNG or self._send_started != started:
                 return
             self.state = HUNG
+            taken = self._take_all_locked()
         logger.error("sink %r has been in one send for more than send_timeout=%.1fs: isolated; its "
                      "events go to the %s until the send returns", self.name, self.send_timeout,
                      "spool" if self.spool is not None else "dead letter")
-        self._abandon("sink_hung")
+        self._dead_letter_taken(taken, "sink_hung")
 
     def _abandon(self, reason: str) -> int:
         """Spool (or dead-letter) what the lane holds, the batch in flight included; return the
         count."""
         with self._queue.cond:
-            in_flight = self._in_flight
-            first = []
-            if in_flight is not None and in_flight is not self._abandoned:
-                self._abandoned = in_flight
-                first.append(in_flight)
-            if self.spool is not None:
-                return self._spool_locked(first)
-            held = first + self._queue.remove_all(lambda item: isinstance(item, LaneBatch))
-            markers = self._queue.remove_all(lambda item: isinstance(item, Marker))
+            taken = self._take_all_locked()
+        return self._dead_letter_taken(taken, reason)
+
+    def _take_all_locked(self) -> tuple[list[LaneBatch], list[Marker], int]:
+        """Take the batch in flight and the queue away: spooled now, or returned (batches and
+        markers) for _dead_letter_taken(), with their count."""
+        in_flight = self._in_flight
+        first = []
+        if in_flight is not None and in_flight is not self._abandoned:
+            self._abandoned = in_flight
+            first.append(in_flight)
+        if self.spool is not None:
+            return [], [], self._spool_locked(first)
+        held = first + self._queue.remove_all(lambda item: isinstance(item, LaneBatch))
+        markers = self._queue.remove_all(lambda item: isinstance(item, Marker))
+        return held, markers, sum(b.count for b in held)
+
+    def _dead_letter_taken(self, taken: tuple[list[LaneBatch], list[Marker], int], reason: str) -> int:
+        held, markers, count = taken
         self._divert(held, reason)
-        with self._queue.cond:
-            for marker in markers:  # what they wait for has just been dead-lettered
-                self._reach(marker)
-        return sum(b.count for b in held)
+        if markers:
+            with self._queue.cond:
+                for marker in markers:  # what they wait for has just been dead-lettered
+                    self._reach(marker)
+        return count
 
     def _divert(self, batches: Sequence[LaneBatch], reason: str, behind_queue: bool = False,
                 error: BaseException | None = None) -> None:
@@ -223,6 +248,30 @@ class SinkLane(SpoolDrain):
 
     # --- the lane thread -----------------------------------------------------------------
     def _run(self) -> None:
+        while True:
+            try:
+                self._serve()
+                return
+            except BaseException:  # not the sink's errors (_deliver takes those): a bug of ours
+                logger.critical("sink %r: the lane failed on its own; it carries on", self.name, exc_info=True)
+                self._rescue()
+                time.sleep(0.1)  # not a busy loop, should the error repeat
+
+    def _rescue(self) -> None:
+        """After an error of the lane's own: spool (or dead-letter) the batch it had in flight,
+        unless that batch was counted already."""
+        with self._queue.cond:
+            batch, self._in_flight = self._in_flight, None
+            self._retrying_now = False
+            if batch is None or batch is self._abandoned or batch is self._finished:
+                return
+        try:
+            self._divert([batch], "internal_error")
+        except BaseException:
+            logger.critical("sink %r: %d event(s) could not be spooled or dead-lettered", self.name,
+                            batch.count, exc_info=True)
+
+    def _serve(self) -> None:
         while True:
             if self._spooling and self._drain():
                 self._close_sink()
@@ -246,6 +295,11 @@ class SinkLane(SpoolDrain):
             with self._queue.cond:
                 self._in_flight = None
 
+    def _send_in_flight(self, batch: LaneBatch) -> None:
+        if batch is self._abandoned:
+            raise _TakenAway()
+        self._send(batch.events)
+
     def _send(self, events: Sequence[Event]) -> None:
         self._send_started = time.monotonic()
         try:
@@ -256,7 +310,9 @@ class SinkLane(SpoolDrain):
     def _deliver(self, batch: LaneBatch) -> None:
         events = batch.events
         try:
-            self._retrying(self._send, events)
+            self._retrying(self._send_in_flight, batch)
+        except _TakenAway:  # spooled while it waited for its next attempt: the drain retries it
+            self._finish(batch, delivered=0, refused=[], unsent=list(events), state=FAILING)
         except PermanentSinkError as exc:  # the sink is up; some of the data is refused
             self._note_error(exc)
             found = settle(self._send, events, exc)
@@ -283,6 +339,8 @@ class SinkLane(SpoolDrain):
         with self._queue.cond:
             was = self.state
             self.state = state
+            self._retrying_now = False
+            self._finished = batch
             abandoned = batch is self._abandoned
             if not abandoned:
                 self.batches_sent += 1 if delivered else 0
@@ -296,10 +354,11 @@ class SinkLane(SpoolDrain):
             where = f": its events go to its spool ({spool.directory})" if spool and state == FAILING else ""
             (logger.warning if state == FAILING else logger.info)(
                 "sink %r is %s (was %s)%s", self.name, state, was, where)
-        if abandoned:  # counted, and spooled or dead-lettered, when it was taken away
+        if abandoned and delivered:  # counted, and spooled or dead-lettered, when taken away
             logger.warning("sink %r finished a batch of %d event(s) after it had been taken away "
                            "(%d delivered): the sink may receive them twice (it dedupes by event id)",
                            self.name, batch.count, delivered)
+        if abandoned:
             return
         self._refused(refused)
         if rest is not None and self.spool is None:
@@ -321,6 +380,7 @@ class SinkLane(SpoolDrain):
 
     def _before_retry(self, state: tenacity.RetryCallState) -> None:
         self.retries += 1
+        self._retrying_now = True
         exc = state.outcome.exception() if state.outcome else None
         self._note_error(exc)
         logger.info("sink %r failed (attempt %d of %d), retrying: %s",

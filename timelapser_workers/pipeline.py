@@ -8,9 +8,11 @@ are delivered, its threads end, its sinks are closed) instead of leaking them.
 Shutting down is one sequence, run once, by the flush thread after its last flush (or by
 whoever closes a pipeline whose flush thread never started or died): stop every lane and
 wait for it until the deadline (each lane closes its own sink), spool (or dead-letter) what a
-hung lane still holds, close the disk writer, then the spools (what they hold stays on disk). ``close()`` starts it and waits for it; called
-again (after Ctrl-C interrupted it, or from atexit) it waits for the same sequence, so a
-batcher is never left half closed; called from a sink's own thread, it starts it and returns.
+hung lane still holds, close the disk writer (a short grace past the deadline), then the
+spools (what they hold stays on disk). ``close()`` starts it and waits for it; called again
+(after Ctrl-C interrupted it, from a signal handler, or from atexit) it waits for the same
+sequence, so a batcher is never left half closed; called from a sink's own thread, it starts
+it and returns.
 """
 
 from __future__ import annotations
@@ -54,7 +56,11 @@ class Pipeline:
         self.thread = DaemonThread(f"timelapser-flush-{name}", self.flusher.run)
         # reentrant: the SIGTERM handler may close while this thread is inside add_lane or start
         self._lock = threading.RLock()
-        self._sequence = threading.Lock()  # the shutdown sequence runs once, under this alone
+        # the shutdown sequence runs once, under this alone (reentrant: a signal handler may
+        # close while this thread is inside it; the inner call returns, the outer one finishes)
+        self._sequence = threading.RLock()
+        self._in_sequence = False
+        self._sequence_begun = False  # STOP sent to the flush thread, or the close thread started
         self.running = False  # started (a plain attribute: read on every put)
         self.on_start: Callable[[], object] | None = None  # called once, by the first put
         self.closing = False
@@ -132,16 +138,23 @@ class Pipeline:
         """Refuse new events and start the shutdown sequence (once); do not wait for it.
         ``orphaned``: nobody will wait for it; lifecycle keeps it alive until it is done."""
         with self._lock:
-            if self.closing:
-                return
-            self.closing = True
-            self.deadline = deadline
-            self._before = [(lane.delivered, lane.failed) for lane in self.lanes]
+            first = not self.closing
+            if first:
+                self.closing = True
+                self.deadline = deadline
+                self._before = [(lane.delivered, lane.failed) for lane in self.lanes]
+        # the rest is idempotent and done by every call: a call interrupted here (a signal
+        # handler closing the same batcher) is completed by the handler's own call
         self.ingress.close()  # from here on every put is refused (and counted), none slips in
         for lane in self.lanes:
-            lane.set_deadline(deadline)  # full-lane waits and retries end at the deadline
-        if orphaned:
+            lane.set_deadline(self.deadline)  # full-lane waits and retries end at the deadline
+        self.dead_letters.deadline = self.deadline + _GRACE  # a full disk writer: no wait past it
+        if orphaned and first:
             adopt(self)
+        with self._lock:
+            if self._sequence_begun:
+                return
+            self._sequence_begun = True
         if self.thread.started:
             self.ingress.put_control(STOP)  # the flush thread delivers, then runs _shutdown
         else:
@@ -156,7 +169,7 @@ class Pipeline:
             return self.result()
         if self.thread.started and not self.thread.alive:
             self._shutdown()  # the flush thread died (a bug, logged): run the sequence here
-        end = max(deadline, self.deadline) + _GRACE
+        end = max(deadline, self.deadline) + 2 * _GRACE  # the sequence's grace, then closing the spools
         if not self._done.wait(remaining(end)) and not self.thread.alive:
             self._shutdown()
         return self.result()
@@ -164,15 +177,16 @@ class Pipeline:
     def _shutdown(self) -> None:
         """The shutdown sequence; runs once, on the flush thread after its last flush."""
         with self._sequence:
-            if self._done.is_set():
+            if self._done.is_set() or self._in_sequence:
                 return
+            self._in_sequence = True
             late = [item if type(item) is Event else item.event for item in self.ingress.drain()
                     if type(item) in (Event, Unbatched)]
             if late:  # accepted, but no flush thread got to them
                 self.drops.drop("shutdown_timeout", len(late), None)
                 self.dead_letters.submit(late, "(batcher)", "shutdown_timeout", None)
             close_lanes(self.lanes, self.deadline)
-            self.dead_letters.close(max(self.deadline, time.monotonic() + _GRACE))
+            self.dead_letters.close(max(self.deadline, time.monotonic()) + _GRACE)
             for lane in self.lanes:  # after the disk writer: what they hold stays for the next start
                 lane.close_spool()
             self._done.set()

@@ -131,6 +131,51 @@ def test_without_a_spool_a_failing_sink_dead_letters_then_recovers(make_batcher,
     assert [e.data["n"] for e in down.events] == [50]
 
 
+def test_while_its_batch_waits_for_a_retry_a_full_lane_spools_and_the_producers_do_not_wait(
+        make_batcher, dead_letter):
+    down = _BrokenSink()
+    # the batch in flight waits 1-2 s for its next attempt; a producer waits 0.2 s at most
+    batcher = make_batcher([down], use_batching=False, lane_max_events=3, max_queue_size=5,
+                           overflow="block", block_timeout=0.2, max_retries=5, retry_delay=1.0,
+                           retry_max_delay=1.0)
+    batcher.emit("E", {"n": 0}, worker="w")
+    assert _wait(lambda: batcher.stats()["sinks"]["broken"]["retries"] >= 1)
+    for n in range(1, 100):  # waiting out the retries, this would raise QueueFullError
+        batcher.emit("E", {"n": n}, worker="w")
+    result = batcher.flush(timeout=10)
+    assert result.complete and result.spooled == 100  # n=0 too: taken from its retries
+    assert batcher.stats()["events_dropped"] == {} and dead_letter.read() == []
+    down.broken.clear()
+    assert down.wait_for(100, timeout=10)
+    assert _wait(lambda: batcher.stats()["sinks"]["broken"]["spool_events"] == 0)
+    # in order, and each once: the batch taken away was not sent again by its retries
+    assert [e.data["n"] for e in down.events] == list(range(100))
+
+
+def test_an_error_of_the_lanes_own_costs_its_batch_not_the_lane(make_batcher, dead_letter, monkeypatch, caplog):
+    sink = MemorySink("mem")
+    batcher = make_batcher([sink], use_batching=False, spool_max_bytes=0)
+    batcher.emit("E", {"n": 0}, worker="w")
+    assert batcher.flush(timeout=10).complete
+    lane = batcher._slot.pipe.lanes[0]
+    finish = lane._finish
+
+    def broken_once(*args, **kwargs):  # a bug in the lane's bookkeeping, once
+        monkeypatch.setattr(lane, "_finish", finish)
+        raise RuntimeError("lane bug")
+
+    monkeypatch.setattr(lane, "_finish", broken_once)
+    batcher.emit("E", {"n": 1}, worker="w")
+    assert _wait(lambda: [r["reason"] for r in dead_letter.read()] == ["internal_error"])
+    assert "the lane failed on its own" in caplog.text
+    batcher.emit("E", {"n": 2}, worker="w")
+    result = batcher.flush(timeout=10)
+    assert result.complete and result.pending == 0
+    assert [e.data["n"] for e in sink.events] == [0, 1, 2]  # n=1 reached the sink before the bug
+    stats = batcher.stats()["sinks"]["mem"]
+    assert (stats["events_sent"], stats["dead_lettered"], stats["dropped"]) == (2, 1, {"internal_error": 1})
+
+
 class _ExitingSink(MemorySink):
     """Raises ``error`` on every call while ``failing`` (a bug: SystemExit from a sink)."""
 
