@@ -5,6 +5,7 @@ driven through the real batcher)."""
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import uuid
 from pathlib import Path
@@ -30,6 +31,15 @@ def _unreachable(reason: str) -> None:
     if ci():
         pytest.fail(f"PostgreSQL needed under CI: {reason}", pytrace=False)
     pytest.skip(f"PostgreSQL unreachable: {reason}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Run in the background by a non-interactive shell (`cmd &`), the tests start with SIGINT
+    # ignored, and every server and program they start would inherit that: their real Ctrl-C
+    # tests would then wait for a signal that never arrives. Caught here, it is reset to the
+    # default in each child at exec, where Python installs its KeyboardInterrupt handler.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
