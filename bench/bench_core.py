@@ -312,6 +312,25 @@ def run_once(make: Callable[[], Pipeline], producers: int, per_thread: int) -> d
     }
 
 
+def profile(name: str, events: int, top: int = 18) -> None:
+    """One run of contender ``name`` with one producer, its producer thread under cProfile:
+    the functions that take the most time of their own."""
+    import cProfile
+    import pstats
+
+    if name not in CONTENDERS:
+        raise SystemExit(f"--profile {name!r}: not a contender; choose from {', '.join(CONTENDERS)}")
+    pipe = CONTENDERS[name]()
+    profiler = cProfile.Profile()
+    profiler.enable()
+    pipe.produce(0, events)
+    profiler.disable()
+    pipe.finish()
+    pipe.close()
+    print(f"### {name}: the producer thread, {events:,} events (cProfile: slower than unprofiled)\n")
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(top)
+
+
 def targets_1_2(rounds: int, events: int, verdicts: Verdicts) -> list[str]:
     tables = []
     for producers in (1, 4):
@@ -522,7 +541,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--events", type=int, default=20_000, help="events per run (split among producers)")
     ap.add_argument("--only", default="1,2,6,7")
+    ap.add_argument("--profile", metavar="CONTENDER", help="profile one contender's producer instead")
     args = ap.parse_args()
+    if args.profile:
+        profile(args.profile, args.events)
+        return 0
     only = set(args.only.split(","))
     print(f"machine: {machine()}\n", flush=True)
     logging.basicConfig(level=logging.ERROR)
