@@ -6,9 +6,9 @@ thread that hands it a batch:
 - ``healthy`` (the sink answers, however slowly): the flush thread waits for room. It stops
   taking from the ingress meanwhile, so the ingress fills and its overflow policy decides
   (``block``: producers wait). A slow sink slows intake instead of losing events. Except
-  while the batch in flight is being retried, when the lane has a spool: then the batch in
-  flight, the queue and the new batch go to the spool, in that order (the sink is probably
-  down; the flush thread does not wait out the retries).
+  when the lane fills while its batch waits for a retry and the lane has a spool: the sink is
+  probably down, so it is taken for failing at once (the flush thread does not wait out the
+  retries), and the batch in flight, the queue and the new batch go to the spool, in order.
 - ``failing`` (a batch spent its retries) and ``hung`` (one ``send`` has lasted longer than
   ``send_timeout``): the sink is isolated. The batch (or the one in flight), what the lane
   holds and every new batch go to the sink's spool on disk, in order; the lane delivers them
@@ -156,13 +156,25 @@ class SinkLane(SpoolDrain):
                     continue  # the lane began spooling meanwhile: behind what it spooled
             if not healthy:
                 if self.state == HEALTHY:  # retrying, with a spool: in flight, queued, then this
-                    self._abandon("sink_failing")
+                    self._fail_while_retrying()
                     continue
                 self._divert([batch], "sink_failing")
                 return
             if self._deadline is not None and time.monotonic() >= self._deadline:
                 self._divert([batch], "shutdown_timeout", behind_queue=True)
                 return
+
+    def _fail_while_retrying(self) -> None:
+        """The lane filled while its batch waited for a retry: the sink is taken for failing
+        now, and the batch in flight and the queue go to the spool (its retries end)."""
+        with self._queue.cond:
+            if self.state != HEALTHY:
+                return
+            self.state = FAILING
+            self._spool_locked(self._take_in_flight_locked())
+        logger.warning("sink %r is failing (was healthy; its lane filled while a batch waited for "
+                       "a retry): its events go to its spool (%s)", self.name,
+                       self.spool.directory if self.spool is not None else "")
 
     def _is_spooling(self) -> bool:
         return self._spooling
@@ -208,16 +220,20 @@ class SinkLane(SpoolDrain):
     def _take_all_locked(self) -> tuple[list[LaneBatch], list[Marker], int]:
         """Take the batch in flight and the queue away: spooled now, or returned (batches and
         markers) for _dead_letter_taken(), with their count."""
-        in_flight = self._in_flight
-        first = []
-        if in_flight is not None and in_flight is not self._abandoned:
-            self._abandoned = in_flight
-            first.append(in_flight)
+        first = self._take_in_flight_locked()
         if self.spool is not None:
             return [], [], self._spool_locked(first)
         held = first + self._queue.remove_all(lambda item: isinstance(item, LaneBatch))
         markers = self._queue.remove_all(lambda item: isinstance(item, Marker))
         return held, markers, sum(b.count for b in held)
+
+    def _take_in_flight_locked(self) -> list[LaneBatch]:
+        """The batch in flight, marked as taken away (once): [] or [batch]."""
+        in_flight = self._in_flight
+        if in_flight is None or in_flight is self._abandoned:
+            return []
+        self._abandoned = in_flight
+        return [in_flight]
 
     def _dead_letter_taken(self, taken: tuple[list[LaneBatch], list[Marker], int], reason: str) -> int:
         held, markers, count = taken

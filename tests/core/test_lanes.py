@@ -145,6 +145,7 @@ def test_while_its_batch_waits_for_a_retry_a_full_lane_spools_and_the_producers_
     result = batcher.flush(timeout=10)
     assert result.complete and result.spooled == 100  # n=0 too: taken from its retries
     assert batcher.stats()["events_dropped"] == {} and dead_letter.read() == []
+    assert batcher.stats()["sinks"]["broken"]["state"] == "failing"  # spooling: never "healthy"
     down.broken.clear()
     assert down.wait_for(100, timeout=10)
     assert _wait(lambda: batcher.stats()["sinks"]["broken"]["spool_events"] == 0)
