@@ -262,10 +262,6 @@ class Flusher:
         if not lanes:
             self._discard(len(raw))
             return
-        if not self.config.use_batching:
-            for event in raw:
-                self.dispatch_alone(event)
-            return
         if not any(lane.wants_aggregated for lane in lanes):  # nobody reads the merge: skip it
             self.flushes += 1
             batch = LaneBatch(raw, len(raw))
