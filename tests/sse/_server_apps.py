@@ -27,7 +27,9 @@ def _wire() -> tuple[SSESink, EventBatcher]:
                            dead_letter=os.environ["TL_DB"].replace("sqlite:///", "") + ".dead.jsonl")
     for k in range(int(os.environ.get("TL_PENDING", "0"))):
         batcher.emit("JOB_COMPLETED", {"k": k}, worker=f"pid-{os.getpid()}", source="stop-test")
-    print(f"app ready in pid {os.getpid()}", file=sys.stderr, flush=True)  # the test waits for it
+    # the test counts these lines: one write each, so two workers starting together cannot
+    # interleave them on the shared pipe (print writes the text and the newline separately)
+    os.write(2, f"app ready in pid {os.getpid()}\n".encode())
     return sink, batcher
 
 

@@ -74,13 +74,15 @@ def test_server_stops_within_3s_with_streams_open(server: str, sig: str, tmp_pat
     proc = ServerProcess(cmd, {"TL_DB": db, "TL_PENDING": str(PENDING)}, port_line)
     processes = {"gunicorn-gthread": 2}.get(server, 1)
     try:
-        wait_until(lambda: proc.count("app ready in pid") == processes, 15, "every worker to load the app")
+        wait_until(lambda: proc.count("app ready in pid") == processes, 15,
+                   lambda: f"every worker to load the app; output:\n{proc.output()}")
         clients = _open_streams(proc.port, n)
         sent = proc.signal(getattr(signal, sig))
         if sig == "SIGHUP":  # gunicorn reload: old workers stop, new ones serve
             _check_goodbye(clients, sent)
             wait_until(lambda: sorted(_rows_per_process(db).values()) == [PENDING] * 2, STOP_WITHIN, "the old workers' rows")
-            wait_until(lambda: proc.count("app ready in pid") == 2 * processes, 15, "the new workers")
+            wait_until(lambda: proc.count("app ready in pid") == 2 * processes, 15,
+                       lambda: f"the new workers; output:\n{proc.output()}")
             clients = _open_streams(proc.port, n)
             sent = proc.signal(signal.SIGTERM)
         _check_goodbye(clients, sent)
