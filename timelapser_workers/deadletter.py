@@ -233,13 +233,20 @@ class DeadLetterWriter:
                 if job is _STOP:
                     return
                 self._writing += job.weight
-            if isinstance(job, _Spooled):
-                self._append(job)
-            else:
-                self._dead_letter(job)
-            with self._queue.cond:
-                self._writing -= job.weight
-                self._queue.cond.notify_all()
+            try:
+                if isinstance(job, _Spooled):
+                    self._append(job)
+                else:
+                    self._dead_letter(job)
+            except BaseException:  # a bug of ours: this job is lost, counted; the writer lives on
+                with self._queue.cond:
+                    self.errors += job.weight
+                logger.critical("disk writer of %r failed on %d event(s) of sink %r; they are counted "
+                                "as not written", self.name, job.weight, job.sink_name, exc_info=True)
+            finally:
+                with self._queue.cond:
+                    self._writing -= job.weight
+                    self._queue.cond.notify_all()
 
     def _append(self, job: _Spooled) -> None:
         try:
@@ -255,7 +262,7 @@ class DeadLetterWriter:
         try:
             self.handler(job.events, job.sink_name, job.reason, job.error)
             self.written += job.weight
-        except Exception:
+        except BaseException:  # a handler's SystemExit or KeyboardInterrupt too: never the writer's end
             self.errors += job.weight
             logger.exception(
                 "dead-letter handler failed for %d event(s) of sink %r (%s); they are counted "

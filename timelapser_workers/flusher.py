@@ -78,7 +78,7 @@ class FlushRequest:
         marked: list[tuple[SinkLane, Marker | None]] = list(self.markers) or [(lane, None) for lane in self._lanes]
         for lane, marker in marked:
             d0, f0 = self._before.get(id(lane), (0, 0))
-            if marker is not None and marker.done.wait(remaining(deadline)):
+            if marker is not None and lane.wait_marker(marker, deadline):
                 delivered += marker.delivered - d0
                 failed += marker.failed - f0
             else:

@@ -168,7 +168,7 @@ class SinkLane(SpoolDrain):
         """The lane filled while its batch waited for a retry: the sink is taken for failing
         now, and the batch in flight and the queue go to the spool (its retries end)."""
         with self._queue.cond:
-            if self.state != HEALTHY:
+            if self.state != HEALTHY or not self._retrying_now:  # or the retry has just ended
                 return
             self.state = FAILING
             self._spool_locked(self._take_in_flight_locked())
@@ -180,6 +180,7 @@ class SinkLane(SpoolDrain):
         return self._spooling
 
     def put_marker(self, marker: Marker) -> None:
+        self._check_hung()
         with self._queue.cond:
             marker.target = self.enqueued
             if self._spooling:
@@ -188,6 +189,17 @@ class SinkLane(SpoolDrain):
                 self._reach(marker)
             else:
                 self._queue.put(marker)
+
+    def wait_marker(self, marker: Marker, deadline: float | None) -> bool:
+        """Wait until ``marker`` is reached or ``deadline``; a send that outlasts
+        ``send_timeout`` meanwhile isolates the lane (so its marker is reached), as a new batch
+        would."""
+        while not marker.done.wait(self._check_every if deadline is None else
+                                   min(self._check_every, max(0.0, deadline - time.monotonic()))):
+            if deadline is not None and time.monotonic() >= deadline:
+                return marker.done.is_set()
+            self._check_hung()
+        return True
 
     def _reach(self, marker: Marker) -> None:
         marker.delivered, marker.failed, marker.spool_errors = self.delivered, self.failed, self.spool_errors
@@ -230,8 +242,8 @@ class SinkLane(SpoolDrain):
     def _take_in_flight_locked(self) -> list[LaneBatch]:
         """The batch in flight, marked as taken away (once): [] or [batch]."""
         in_flight = self._in_flight
-        if in_flight is None or in_flight is self._abandoned:
-            return []
+        if in_flight is None or in_flight is self._abandoned or in_flight is self._finished:
+            return []  # none; taken already; or counted by _finish() already
         self._abandoned = in_flight
         return [in_flight]
 
@@ -307,9 +319,7 @@ class SinkLane(SpoolDrain):
                 continue
             if item is WAKE:
                 continue
-            self._deliver(item)
-            with self._queue.cond:
-                self._in_flight = None
+            self._deliver(item)  # _finish() ends it in flight
 
     def _send_in_flight(self, batch: LaneBatch) -> None:
         if batch is self._abandoned:
@@ -357,6 +367,8 @@ class SinkLane(SpoolDrain):
             self.state = state
             self._retrying_now = False
             self._finished = batch
+            if self._in_flight is batch:
+                self._in_flight = None  # counted here: nobody may take it away after this
             abandoned = batch is self._abandoned
             if not abandoned:
                 self.batches_sent += 1 if delivered else 0

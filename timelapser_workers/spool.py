@@ -35,7 +35,7 @@ import orjson
 from timelapser_workers.events import Event
 from timelapser_workers.lifecycle import after_fork_in_child
 from timelapser_workers.records import event_from_record, frame, private_dir, read_lines, write_once
-from timelapser_workers.spool_files import lock, mtime, release, segment_events, sink_dirname
+from timelapser_workers.spool_files import lock, mtime, record_count, release, segment_events, sink_dirname
 from timelapser_workers.threads import remaining
 
 __all__ = ["Spool", "SpoolRecord", "spool_line", "SEGMENT_BYTES"]
@@ -90,6 +90,7 @@ class Spool:
         self._tail: _Segment | None = None  # the own segment being appended to
         self._owner = f"{os.getpid()}-{os.urandom(4).hex()}"
         self._lock_fd: int | None = None
+        self._appending = False  # the disk writer is writing to the tail (outside the lock)
         self._adopted: dict[str, int] = {}  # owner -> its lock, held while we deliver for it
         self._seq = 0
         self._in_transit = 0  # reserved, not yet appended
@@ -133,34 +134,52 @@ class Spool:
         """Write one reserved line (one write, fsync); OSError if the disk refused it, with the
         segment left as it was and the reservation taken back."""
         try:
-            seg = self._writable()
-            try:
-                write_once(seg.fd, line)  # type: ignore[arg-type]
-            except OSError:
-                try:
-                    os.ftruncate(seg.fd, seg.end)  # type: ignore[arg-type]  # no torn line stays
-                except OSError:
-                    pass
-                raise
+            seg, fd = self._writable()
         except OSError:
             self.cancel(len(line), count)
             raise
+        try:
+            write_once(fd, line)
+        except OSError:
+            try:
+                os.ftruncate(fd, seg.end)  # no torn line stays
+            except OSError:
+                pass
+            self._end_append(fd)
+            self.cancel(len(line), count)
+            raise
+        closed = self._end_append(fd)
         with self._cond:
-            seg.end += len(line)
             self._in_transit -= 1
+            if closed:  # written, in a segment close() kept for the next start
+                self._cond.notify_all()
+                return
+            seg.end += len(line)
             if seg.end >= SEGMENT_BYTES and seg is self._tail:
                 self._tail = None  # the next line starts a new segment
-                os.close(seg.fd)  # type: ignore[arg-type]
+                os.close(fd)
                 seg.fd = None
             self._cond.notify_all()
 
-    def _writable(self) -> _Segment:
+    def _end_append(self, fd: int) -> bool:
+        """The write with ``fd`` is over; True if close() came meanwhile (it left ``fd`` to us)."""
+        with self._cond:
+            self._appending = False
+            if not self.closed:
+                return False
+        os.close(fd)
+        return True
+
+    def _writable(self) -> tuple[_Segment, int]:
+        """The tail segment and its descriptor, marked as being written (close() leaves that
+        descriptor to the writer)."""
         with self._cond:
             if self.closed:
                 raise OSError(f"the spool of sink {self.sink_name!r} is closed")
             tail = self._tail
-        if tail is not None:
-            return tail
+            if tail is not None and tail.fd is not None:
+                self._appending = True
+                return tail, tail.fd
         if self._lock_fd is None:
             private_dir(self.directory)
             self._lock_fd = lock(self.directory / f"{self._owner}.lock")
@@ -170,10 +189,21 @@ class Spool:
         path = self.directory / f"{self._owner}.{self._seq:06d}.seg"
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         seg = _Segment(self._owner, path, 0, 0, True, fd)
+        if self._new_tail(seg):
+            return seg, fd
+        os.close(fd)  # closed meanwhile: the new segment is empty
+        path.unlink(missing_ok=True)
+        raise OSError(f"the spool of sink {self.sink_name!r} is closed")
+
+    def _new_tail(self, seg: _Segment) -> bool:
+        """Make ``seg`` the tail, being written; False if the spool has closed."""
         with self._cond:
+            if self.closed:
+                return False
             self._segments.append(seg)
             self._tail = seg
-        return seg
+            self._appending = True
+            return True
 
     # --- the lane thread ---------------------------------------------------------------------
     def next(self, timeout: float) -> SpoolRecord | None:
@@ -189,6 +219,8 @@ class Spool:
                     if seg is not None and seg.acked < seg.end:
                         target = (seg, seg.acked, seg.end)
                         break
+                    if seg is None and self._in_transit == 0 and self.events:
+                        self._reconcile_locked()
                     if seg is not None and (seg is not self._tail or self._in_transit == 0):
                         self._segments.popleft()  # all of it delivered, and no more will come
                         if seg is self._tail:
@@ -213,22 +245,52 @@ class Spool:
 
     def _read(self, seg: _Segment, start: int, stop: int) -> SpoolRecord | None:
         for line in read_lines(seg.path, start, stop):
+            count = 0  # a torn line's events are unknown (a segment's count left it out too)
             if line.body is not None:
                 try:
                     obj = orjson.loads(line.body)
                     events = tuple(event_from_record(r) for r in obj["events"])
                     return SpoolRecord(seg, line.start, line.end, events, int(obj["n"]))
                 except (ValueError, KeyError, TypeError) as exc:
-                    logger.error("spool of sink %r: a record in %s at byte %d does not decode (%s); "
-                                 "skipped", self.sink_name, seg.path, line.start, exc)
+                    # checked but not an event record this version reads (a newer version's
+                    # spool, say): kept whole, and counted out as the segment counted it in
+                    count = record_count(line.body)
+                    kept = self._keep_undecodable(line.body)
+                    logger.error("spool of sink %r: a record of %d event(s) in %s at byte %d does not "
+                                 "decode (%s); skipped, %s", self.sink_name, count, seg.path,
+                                 line.start, exc, kept)
             else:
                 logger.error("spool of sink %r: a torn or damaged line in %s at byte %d; skipped",
                              self.sink_name, seg.path, line.start)
             self.corrupt += 1
-            self._advance(seg, line.end, line.end - line.start, 0)  # skipped: its events are unknown
+            self._advance(seg, line.end, line.end - line.start, count)
             return None
         self._advance(seg, stop, stop - start, 0)  # the file is shorter than we thought
         return None
+
+    def _keep_undecodable(self, body: bytes) -> str:
+        """Append ``body`` to ``undecodable.jsonl`` in the spool's directory (0600); say where."""
+        path = self.directory / "undecodable.jsonl"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                write_once(fd, body + b"\n")
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            return f"and could not be kept in {path}: {exc}"
+        return f"kept in {path}"
+
+    def _reconcile_locked(self) -> None:
+        """Nothing is left on disk or on its way: whatever ``events`` still says was in lines
+        that could not be read (damaged while this process ran). Count it out, so flushes
+        waiting for the spool to empty do not wait for lines that are gone."""
+        logger.error("spool of sink %r: %d event(s) counted in were in lines that could not be read",
+                     self.sink_name, self.events)
+        self.left += self.events
+        self.events = 0
+        self.bytes = 0
+        self._cond.notify_all()
 
     def ack(self, record: SpoolRecord) -> None:
         """``record`` was delivered (or dead-lettered): never read it again."""
@@ -326,6 +388,7 @@ class Spool:
                 return
             empty = self.empty
             self.closed = True
+            writing = self._tail if self._appending else None  # its descriptor is the writer's
             segments = list(self._segments)
             self._segments.clear()
             self._tail = None
@@ -333,10 +396,10 @@ class Spool:
         kept: set[str] = set()
         for seg in segments:
             for fd in (seg.fd, seg.ack_fd):
-                if fd is not None:
+                if fd is not None and not (seg is writing and fd == seg.fd):
                     os.close(fd)
             seg.fd = seg.ack_fd = None
-            if empty or seg.acked >= seg.end:  # delivered: never needed again
+            if seg is not writing and (empty or seg.acked >= seg.end):  # delivered: never needed again
                 for path in (seg.path, seg.ack_path):
                     try:
                         path.unlink()

@@ -13,7 +13,7 @@ from urllib.parse import quote, unquote
 
 from timelapser_workers.records import locked_fd, read_lines
 
-__all__ = ["sink_dirname", "sink_of_dirname", "segment_events", "spooled_events", "lock", "release", "mtime"]
+__all__ = ["sink_dirname", "sink_of_dirname", "segment_events", "record_count", "spooled_events", "lock", "release", "mtime"]
 
 
 def sink_dirname(sink_name: str) -> str:
@@ -36,12 +36,16 @@ def segment_events(path: Path) -> tuple[tuple[int, int], int]:
         acked = value if 0 <= value <= end else 0
     except (OSError, ValueError):
         pass
-    count = 0
-    for line in read_lines(path, acked, end):
-        if line.body is not None and line.body.startswith(b'{"n":'):
-            digits = line.body[5:line.body.find(b",")]
-            count += int(digits) if digits.isdigit() else 0
+    count = sum(record_count(line.body) for line in read_lines(path, acked, end) if line.body is not None)
     return (end, acked), count
+
+
+def record_count(body: bytes) -> int:
+    """The events a checked spool line says it holds (its leading ``{"n":N,``), 0 if unreadable."""
+    if not body.startswith(b'{"n":'):
+        return 0
+    digits = body[5:body.find(b",")]
+    return int(digits) if digits.isdigit() else 0
 
 
 def spooled_events(root: Path) -> dict[str, int]:

@@ -105,3 +105,21 @@ def test_a_failing_dead_letter_handler_is_counted_and_logged(make_batcher, caplo
     assert batcher.flush(timeout=10).failed == 3
     assert _dead_letter_stats(batcher) == {"written": 0, "errors": 3, "dropped": 0, "waiting": 0, "spooled": 0}
     assert "dead-letter handler failed" in caplog.text and "disk full" in caplog.text
+
+
+def test_a_dead_letter_handler_raising_a_base_exception_costs_its_call_not_the_writer(make_batcher) -> None:
+    written: list[int] = []
+    interrupted: list[int] = []
+
+    def handler(events: Sequence[Event], sink_name: str, reason: str, error: BaseException | None) -> None:
+        if not interrupted:
+            interrupted.extend(e.data["n"] for e in events)
+            raise KeyboardInterrupt  # once: the writer thread must carry on
+        written.extend(e.data["n"] for e in events)
+
+    batcher = make_batcher([_Refusing()], use_batching=False, dead_letter=handler)
+    for n in range(3):
+        batcher.emit("E", {"n": n}, worker="w")
+    assert batcher.flush(timeout=10).failed == 3
+    assert _dead_letter_stats(batcher) == {"written": 2, "errors": 1, "dropped": 0, "waiting": 0, "spooled": 0}
+    assert (interrupted, written) == ([0], [1, 2])

@@ -72,6 +72,69 @@ def test_a_hung_sink_is_isolated_after_send_timeout_and_the_others_go_on(make_ba
     assert stats["redelivered"] >= 101  # n=101 too, if the spool was not empty yet
 
 
+def test_a_send_that_outlasts_send_timeout_is_hung_for_a_flush_without_new_events(make_batcher, gate_sink, dead_letter):
+    """No batch after the one that hangs: flush() finds the lane hung itself (spooled, complete)
+    instead of waiting out its whole timeout on a send that will not return."""
+    hung = gate_sink("hung")
+    batcher = make_batcher([hung], use_batching=False, send_timeout=0.3)
+    batcher.emit("E", {"n": 0}, worker="w")
+    assert hung.entered.wait(5)
+    start = time.monotonic()
+    result = batcher.flush(timeout=20)
+    assert result.complete and result.spooled == 1
+    assert time.monotonic() - start < 10  # about send_timeout; the old lane waited all 20 s
+    assert batcher.stats()["sinks"]["hung"]["state"] == "hung"
+    hung.gate.set()
+    assert batcher.flush(timeout=10).complete and dead_letter.read() == []
+
+
+def test_a_retry_that_succeeds_as_the_lane_fills_is_not_spooled_again(make_batcher, monkeypatch):
+    """The flush thread finds the lane full while its batch waits for a retry; before it acts,
+    the retry succeeds. The delivered batch must not be taken for failing and sent twice."""
+    from timelapser_workers.lane import SinkLane
+
+    finished, acted = threading.Event(), threading.Event()
+    real_finish, real_fail = SinkLane._finish, SinkLane._fail_while_retrying
+    failed_calls = []
+
+    def finish(self, batch, **kw):  # the lane thread pauses right after counting its first batch
+        real_finish(self, batch, **kw)
+        if not finished.is_set():
+            finished.set()
+            acted.wait(5)
+
+    def fail(self):  # the flush thread acts only once the retry has succeeded
+        failed_calls.append(1)
+        finished.wait(5)
+        try:
+            real_fail(self)
+        finally:
+            acted.set()
+
+    monkeypatch.setattr(SinkLane, "_finish", finish)
+    monkeypatch.setattr(SinkLane, "_fail_while_retrying", fail)
+    calls = []
+
+    class OnceDown(MemorySink):
+        def send(self, batch):
+            calls.append([e.data["n"] for e in batch])
+            if len(calls) == 1:
+                raise TransientSinkError("down once")
+            super().send(batch)
+
+    sink = OnceDown("once")
+    batcher = make_batcher([sink], use_batching=False, lane_max_events=1, retry_delay=1.0)
+    batcher.emit("E", {"n": 0}, worker="w")
+    assert _wait(lambda: batcher.stats()["sinks"]["once"]["retries"] == 1)  # n=0 waits >= 1 s for its retry
+    for n in (1, 2):  # n=1 fills the lane; n=2 finds it full while retrying
+        batcher.emit("E", {"n": n}, worker="w")
+    assert batcher.flush(timeout=10).complete
+    assert failed_calls, "the flush thread never found the lane full while its batch waited"
+    assert [e.data["n"] for e in sink.events] == [0, 1, 2]  # each once, in order
+    stats = batcher.stats()["sinks"]["once"]
+    assert (stats["state"], stats["spooled"], stats["pending"]) == ("healthy", 0, 0)
+
+
 class _BrokenSink(MemorySink):
     """Refuses every batch while ``broken`` is set (a database that is down)."""
 

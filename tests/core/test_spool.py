@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import orjson
 import pytest
 
 from timelapser_workers import EventBatcher, JsonLinesDeadLetter, TransientSinkError
@@ -189,6 +190,63 @@ def test_a_torn_spool_record_is_skipped_and_the_whole_ones_delivered(tmp_path):
     assert got == [0, 1, 2, 3, 4] and later.corrupt == 1 and later.empty
     later.close()
     assert sorted(p.name for p in (tmp_path / "target").iterdir()) == []
+
+
+def test_a_checked_record_this_version_cannot_read_is_kept_aside_and_counted_out(tmp_path):
+    """A whole line that does not decode (a newer version's priority, say) is skipped, kept in
+    undecodable.jsonl, and its events counted out: the spool empties, so flushes end."""
+    spool = Spool(tmp_path, "target", 1 << 20)
+    for n in range(2):
+        line = spool_line([encode_event(make_event("E", {"n": n}))], 1)
+        assert spool.reserve(len(line), 1)
+        spool.append(line, 1)
+    spool._forget()
+    record = orjson.loads(encode_event(make_event("E", {"n": 2})))
+    record["priority"] = "URGENT"
+    odd = spool_line([orjson.dumps(record)], 3)  # stands for 3 events (an aggregate)
+    with open(next((tmp_path / "target").glob("*.seg")), "ab") as f:
+        f.write(odd)
+    later = Spool(tmp_path, "target", 1 << 20)
+    assert later.adopt() == 5
+    got = []
+    while (found := later.next(0)) is not None:
+        got += [e.data["n"] for e in found.events]
+        later.ack(found)
+    assert got == [0, 1] and later.corrupt == 1
+    assert later.empty and later.left == later.entered == 5
+    kept = (tmp_path / "target" / "undecodable.jsonl").read_bytes()
+    assert b'"URGENT"' in kept and kept.count(b"\n") == 1
+    later.close()
+
+
+def test_a_close_that_comes_while_the_disk_writer_appends_leaves_the_line_for_the_next_start(tmp_path, monkeypatch):
+    """A shutdown that overran closes the spool while the disk writer is in its write: the
+    writer finishes with its own descriptor and the line stays on disk for the next start."""
+    import timelapser_workers.spool as spool_module
+
+    spool = Spool(tmp_path, "target", 1 << 20)
+    first = spool_line([encode_event(make_event("E", {"n": 0}))], 1)
+    assert spool.reserve(len(first), 1)
+    spool.append(first, 1)
+    real_write = spool_module.write_once
+
+    def close_then_write(fd, data):
+        spool.close()
+        real_write(fd, data)
+
+    monkeypatch.setattr(spool_module, "write_once", close_then_write)
+    second = spool_line([encode_event(make_event("E", {"n": 1}))], 1)
+    assert spool.reserve(len(second), 1)
+    spool.append(second, 1)  # no error: the line is written
+    monkeypatch.setattr(spool_module, "write_once", real_write)
+    later = Spool(tmp_path, "target", 1 << 20)
+    assert later.adopt() == 2
+    got = []
+    while (found := later.next(0)) is not None:
+        got += [e.data["n"] for e in found.events]
+        later.ack(found)
+    assert got == [0, 1]
+    later.close()
 
 
 def test_a_spool_the_disk_refuses_dead_letters_its_events_and_counts_them(make_batcher, dead_letter, tmp_path):
