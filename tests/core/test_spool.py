@@ -39,6 +39,15 @@ class Down(MemorySink):
         super().send(batch)
 
 
+def _read_all(spool: Spool) -> list[int]:
+    """Read and acknowledge every record the spool holds: the ``n`` of each event, in order."""
+    got = []
+    while (record := spool.next(0)) is not None:
+        got += [e.data["n"] for e in record.events]
+        spool.ack(record)
+    return got
+
+
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
@@ -183,10 +192,7 @@ def test_a_torn_spool_record_is_skipped_and_the_whole_ones_delivered(tmp_path):
         f.write(spool_line([encode_event(make_event("E", {"n": 5}))], 1)[:30])
     later = Spool(tmp_path, "target", 1 << 20)
     assert later.adopt() == 5
-    got = []
-    while (record := later.next(0)) is not None:
-        got += [e.data["n"] for e in record.events]
-        later.ack(record)
+    got = _read_all(later)
     assert got == [0, 1, 2, 3, 4] and later.corrupt == 1 and later.empty
     later.close()
     assert sorted(p.name for p in (tmp_path / "target").iterdir()) == []
@@ -208,10 +214,7 @@ def test_a_checked_record_this_version_cannot_read_is_kept_aside_and_counted_out
         f.write(odd)
     later = Spool(tmp_path, "target", 1 << 20)
     assert later.adopt() == 5
-    got = []
-    while (found := later.next(0)) is not None:
-        got += [e.data["n"] for e in found.events]
-        later.ack(found)
+    got = _read_all(later)
     assert got == [0, 1] and later.corrupt == 1
     assert later.empty and later.left == later.entered == 5
     kept = (tmp_path / "target" / "undecodable.jsonl").read_bytes()
@@ -241,10 +244,7 @@ def test_a_close_that_comes_while_the_disk_writer_appends_leaves_the_line_for_th
     monkeypatch.setattr(spool_module, "write_once", real_write)
     later = Spool(tmp_path, "target", 1 << 20)
     assert later.adopt() == 2
-    got = []
-    while (found := later.next(0)) is not None:
-        got += [e.data["n"] for e in found.events]
-        later.ack(found)
+    got = _read_all(later)
     assert got == [0, 1]
     later.close()
 
