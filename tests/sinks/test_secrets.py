@@ -21,6 +21,7 @@ SECRET = "S3cret-pw"
         (f"postgresql://app:{SECRET}@db.example/app?connect_timeout=abc", "connect_timeout"),
         (f"postgresql://app:{SECRET}@db.example/app?table=a&table=b", "'table' is given 2 times"),
         (f"postgresql://app:{SECRET}@db.example:abc/app", "abc"),
+        (f"postgresql://app:{SECRET}@db.example:99999/app", "port 99999"),  # refused now, not at every send
         ({"url": f"postgresql://app:{SECRET}@db.example/app", "bogus": 1}, "bogus"),
         (f"postgresql://app:{SECRET}@db.example/app?create_table=perhaps", "create_table"),
     ],

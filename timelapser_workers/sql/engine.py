@@ -56,6 +56,8 @@ def create_sink_engine(
     or a test, can find the sink's backends in ``pg_stat_activity``).
     """
     u = make_url(url)
+    if u.port is not None and not 0 < u.port < 65536:  # the driver would refuse it at every try
+        raise ValueError(f"port {u.port} is not a TCP port (1-65535)")
     backend = u.get_backend_name()
     if backend == "sqlite":
         engine = sa.create_engine(u, connect_args={"timeout": busy_timeout}, pool_pre_ping=True)
