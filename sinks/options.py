@@ -7,14 +7,20 @@ from typing import Any, Mapping
 
 __all__ = ["parse_options", "parse_bool", "redact_url"]
 
-# scheme://user:PASSWORD@ (the password runs to the last '@' before the host's '/')
-_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s'\"]*):(?P<password>[^/\s'\"]*)@")
+# scheme://user:PASSWORD@host (the password runs to the last '@' before the host: it may hold
+# '/', quotes or '@' written raw, as SQLAlchemy reads them)
+_CREDENTIALS = re.compile(
+    r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s'\"]*):(?P<password>\S*?)@(?=[^@\s/]*(?:[/?#\s'\"]|$))"
+)
+# a secret given as a query option: ?password=..., &sslpassword=..., &token=...
+_QUERY_SECRET = re.compile(r"(?i)(?P<key>[?&][A-Za-z_]*(?:pass|secret|token)[A-Za-z_]*)=[^&\s'\"#]*")
 
 
 def redact_url(text: str) -> str:
     """``text`` with the password of every URL in it shown as ``***`` (user and host kept), for
     errors, logs and stats: ``postgresql://app:***@db/app``."""
-    return _CREDENTIALS.sub(lambda m: f"{m.group('head')}:***@", text)
+    text = _CREDENTIALS.sub(lambda m: f"{m.group('head')}:***@", text)
+    return _QUERY_SECRET.sub(lambda m: f"{m.group('key')}=***", text)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}

@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from timelapser_workers.contract import BaseSink, Event
 from timelapser_workers.errors import PermanentSinkError, TransientSinkError
-from timelapser_workers.sinks.options import parse_options
+from timelapser_workers.sinks.options import parse_options, redact_url
 
 if TYPE_CHECKING:
     import redis
@@ -109,22 +109,23 @@ def split_redis_url(url: str, spec: Mapping[str, type] = URL_OPTIONS) -> tuple[s
     (:data:`CLIENT_URL_OPTIONS`) stay in the URL; anything else is refused, naming it.
     """
     parts = urlsplit(url)
+    shown = redact_url(url)  # every message below: the password never shows
     if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(f"Redis URL {url!r} must start with redis://, rediss:// or unix://")
+        raise ValueError(f"Redis URL {shown!r} must start with redis://, rediss:// or unix://")
     pairs = parse_qsl(parts.query, keep_blank_values=True)
     keys = [k for k, _ in pairs]
     twice = sorted({k for k in keys if keys.count(k) > 1})
     if twice:
-        raise ValueError(f"option(s) {', '.join(twice)} given more than once in {url!r}; give each once")
+        raise ValueError(f"option(s) {', '.join(twice)} given more than once in {shown!r}; give each once")
     ours = {k: v for k, v in pairs if k in spec}
     client = [(k, v) for k, v in pairs if k not in spec]
     unknown = sorted(k for k, _ in client if k not in CLIENT_URL_OPTIONS)
     if unknown:
         raise ValueError(
-            f"unknown option(s) {', '.join(unknown)} in {url!r}; use {', '.join(sorted(spec))}, "
+            f"unknown option(s) {', '.join(unknown)} in {shown!r}; use {', '.join(sorted(spec))}, "
             f"or the client's {', '.join(sorted(CLIENT_URL_OPTIONS))}"
         )
-    options = parse_options(spec, ours, where=url)
+    options = parse_options(spec, ours, where=shown)
     return urlunsplit(parts._replace(query=urlencode(client))), options
 
 
@@ -222,7 +223,7 @@ class RedisStreamSink(BaseSink):
             url, in_url = split_redis_url(target)
             if in_url:
                 raise ValueError(
-                    f"option(s) {', '.join(sorted(in_url))} in the URL {target!r}: give them as arguments, "
+                    f"option(s) {', '.join(sorted(in_url))} in the URL {redact_url(target)!r}: give them as arguments, "
                     "or build the sink with RedisStreamSink.from_url() / load_sink()"
                 )
             self.client = connect(url, socket_timeout=socket_timeout, connect_timeout=connect_timeout)
@@ -315,7 +316,7 @@ class RedisStreamSink(BaseSink):
         both = set(given) & set(options)
         if both:
             raise ValueError(f"option(s) {', '.join(sorted(both))} given both in the URL and as arguments")
-        typed = parse_options(URL_OPTIONS, options, where=url)
+        typed = parse_options(URL_OPTIONS, options, where=redact_url(url))
         return cls(client_url, **given, **typed)
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from timelapser_workers.errors import SinkLoadError
 from timelapser_workers.sinks.options import redact_url
+from timelapser_workers.sinks.redis import RedisStreamSink
 from timelapser_workers.sinks.registry import load_sink
 
 SECRET = "S3cret-pw"
@@ -22,6 +23,8 @@ SECRET = "S3cret-pw"
         (f"postgresql://app:{SECRET}@db.example/app?table=a&table=b", "'table' is given 2 times"),
         (f"postgresql://app:{SECRET}@db.example:abc/app", "abc"),
         (f"postgresql://app:{SECRET}@db.example:99999/app", "port 99999"),  # refused now, not at every send
+        (f"postgresql://app:pa/{SECRET}@db.example/app?bogus=1", "bogus"),  # a raw '/' in the password
+        (f"postgresql://app:{SECRET}@db.example/app?sslpassword={SECRET}&bogus=1", "sslpassword=***"),
         ({"url": f"postgresql://app:{SECRET}@db.example/app", "bogus": 1}, "bogus"),
         (f"postgresql://app:{SECRET}@db.example/app?create_table=perhaps", "create_table"),
     ],
@@ -43,3 +46,31 @@ def test_redact_url_keeps_all_but_the_password():
     assert redact_url("redis://:pw@h/0 and sqlite:///a.db") == "redis://:***@h/0 and sqlite:///a.db"
     assert redact_url("postgresql://u:p@ss@h/d") == "postgresql://u:***@h/d"  # an unencoded '@' too
     assert redact_url("postgresql://u@h/d") == "postgresql://u@h/d"
+    # raw '/' or a quote in the password (SQLAlchemy reads them so), a secret in the query
+    assert redact_url("postgresql://u:pa/ss@h/d") == "postgresql://u:***@h/d"
+    assert redact_url("'postgresql://u:it's@h:5432'") == "'postgresql://u:***@h:5432'"
+    assert redact_url("postgresql://u@h/d?sslpassword=k&Token=t&table=x") == (
+        "postgresql://u@h/d?sslpassword=***&Token=***&table=x"
+    )
+
+
+@pytest.mark.parametrize("build, query", [
+    (RedisStreamSink, "maxlen=5"), (RedisStreamSink.from_url, "maxlen=abc"), (RedisStreamSink.from_url, "bogus=1"),
+], ids=["constructor", "from_url-bad-value", "from_url-unknown"])
+def test_redis_sinks_built_directly_hide_the_password(build, query):
+    pytest.importorskip("redis")
+    with pytest.raises(ValueError) as info:
+        build(f"redis://app:{SECRET}@127.0.0.1:6379/0?{query}")
+    assert "app:***@127.0.0.1" in str(info.value) and SECRET not in str(info.value)
+
+
+def test_a_redis_source_built_directly_hides_the_password():
+    pytest.importorskip("redis")
+    from timelapser_workers.sinks.sse import SSEHub
+    from timelapser_workers.sources.redis import RedisEventSource
+
+    for url, kwargs in ((f"redis://app:{SECRET}@127.0.0.1:6379/0?bogus=1", {}),
+                        (f"redis://app:{SECRET}@127.0.0.1:6379/0?stream=a", {"stream": "b"})):
+        with pytest.raises(ValueError) as info:
+            RedisEventSource(url, SSEHub(), **kwargs)
+        assert "app:***@127.0.0.1" in str(info.value) and SECRET not in str(info.value)

@@ -25,6 +25,7 @@ import threading
 import time
 from typing import Any
 
+from timelapser_workers.sinks.options import redact_url
 from timelapser_workers.sinks.redis import connect, split_redis_url
 from timelapser_workers.sinks.sse.backing_log import Backlog
 from timelapser_workers.sinks.sse.hub import SSEHub
@@ -74,7 +75,7 @@ class RedisEventSource:
     ) -> None:
         client_url, options = split_redis_url(url, {"stream": str})
         if stream is not None and "stream" in options:
-            raise ValueError(f"stream given both in the URL {url!r} and as an argument; give it once")
+            raise ValueError(f"stream given both in the URL {redact_url(url)!r} and as an argument; give it once")
         self.stream = stream if stream is not None else options.get("stream", "timelapser_events")
         if not isinstance(self.stream, str) or not self.stream:
             raise ValueError(f"stream {self.stream!r} is not a valid stream key; give a non-empty name")
