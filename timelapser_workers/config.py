@@ -149,7 +149,7 @@ class BatcherConfig:
     lane_max_events: int = _setting(10_000, "SINK_LANE_MAX_EVENTS", _count(1),
                                     doc="events a sink's lane holds; a full healthy lane makes the flush thread wait")
     send_timeout: float = _setting(30.0, "SINK_SEND_TIMEOUT_SECONDS", _seconds(positive=True),
-                                   doc="one send longer than this: the sink is hung, isolated, its events dead-lettered")
+                                   doc="one send longer than this: the sink is hung, isolated, its events spooled")
     shutdown_timeout: float = _setting(5.0, "SHUTDOWN_TIMEOUT_SECONDS", _seconds(),
                                        doc="`close()`/atexit deadline (s)")
     max_event_bytes: int = _setting(1_048_576, "MAX_EVENT_BYTES", _count(1),

@@ -17,6 +17,7 @@ import pytest
 from timelapser_workers.sinks.sse import SSEHub
 from timelapser_workers.sinks.sse.asgi import SSEAsgiApp
 from timelapser_workers.sinks.sse.wsgi import ServerThread, SSEWsgiApp, make_server
+from tests.conftest import _unreachable
 from timelapser_workers.events import Event, make_event
 
 
@@ -292,7 +293,7 @@ def write_rows(conn: Any, table: str, batch: list[Event], notify: str | None = "
 
 @pytest.fixture
 def pg_engine() -> Iterator[Any]:
-    """An Engine on the test PostgreSQL server; skip (or fail under CI=true) when unreachable."""
+    """An Engine on the test PostgreSQL server; skip (or fail under CI) when unreachable."""
     import sqlalchemy as sa
 
     from timelapser_workers.sql.engine import create_sink_engine
@@ -303,10 +304,7 @@ def pg_engine() -> Iterator[Any]:
             conn.execute(sa.text("SELECT 1"))
     except Exception as exc:
         engine.dispose()
-        reason = f"PostgreSQL at {PG_URL} unreachable: {str(exc).splitlines()[0]}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        _unreachable(f"{PG_URL}: {str(exc).splitlines()[0]}")
     yield engine
     engine.dispose()
 
