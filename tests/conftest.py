@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -18,6 +19,16 @@ from timelapser_workers import EventBatcher, JsonLinesDeadLetter, TransientSinkE
 from timelapser_workers.events import Event
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def eventually(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.005) -> bool:
+    """Poll ``predicate`` until it is truthy (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
 
 
 def ci() -> bool:

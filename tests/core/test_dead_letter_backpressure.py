@@ -10,6 +10,7 @@ import threading
 import time
 from typing import Sequence
 
+from tests.conftest import eventually
 from timelapser_workers import PermanentSinkError
 from timelapser_workers.events import Event
 from timelapser_workers.sinks import MemorySink
@@ -43,15 +44,6 @@ def _dead_letter_stats(batcher) -> dict[str, int]:
     return batcher.stats()["dead_letter"]
 
 
-def _poll(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
-
-
 def test_a_stalled_dead_letter_holds_back_its_senders_and_loses_nothing(make_batcher) -> None:
     handler, sink = _SlowHandler(), _Refusing()
     batcher = make_batcher([sink], use_batching=False, lane_max_events=5, shutdown_timeout=10,
@@ -60,7 +52,7 @@ def test_a_stalled_dead_letter_holds_back_its_senders_and_loses_nothing(make_bat
         batcher.emit("E", {"n": n}, worker="w")
     # the writer holds lane_max_events queued plus the batch it is writing, and no more: the
     # lane that hands it the next one waits (and so its own queue, and then the ingress, fill)
-    assert _poll(lambda: _dead_letter_stats(batcher)["waiting"] == 5 + 1)
+    assert eventually(lambda: _dead_letter_stats(batcher)["waiting"] == 5 + 1)
     most, deadline = 0, time.monotonic() + 0.3
     while time.monotonic() < deadline:
         stats = _dead_letter_stats(batcher)
@@ -81,9 +73,9 @@ def test_past_shutdown_timeout_a_batch_is_counted_as_unwritten(make_batcher, cap
                            dead_letter=handler)
     for n in range(6):
         batcher.emit("E", {"n": n}, worker="w")
-    assert _poll(lambda: _dead_letter_stats(batcher)["waiting"] == 2 + 1)
+    assert eventually(lambda: _dead_letter_stats(batcher)["waiting"] == 2 + 1)
     full = time.monotonic()
-    assert _poll(lambda: _dead_letter_stats(batcher)["dropped"] > 0)
+    assert eventually(lambda: _dead_letter_stats(batcher)["dropped"] > 0)
     assert time.monotonic() - full >= 0.3 - 0.1  # it waited about shutdown_timeout first
     assert "were not written, only counted" in caplog.text
     handler.gate.set()

@@ -12,18 +12,10 @@ from typing import Sequence
 import blinker
 import pytest
 
+from tests.conftest import eventually
 from timelapser_workers import EventBatcher, QueueFullError, TransientSinkError, signals
 from timelapser_workers.events import Event
 from timelapser_workers.sinks import MemorySink
-
-
-def _wait(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def test_a_slow_healthy_sink_holds_back_the_producers_and_loses_nothing(make_batcher, gate_sink, dead_letter):
@@ -63,7 +55,7 @@ def test_a_hung_sink_is_isolated_after_send_timeout_and_the_others_go_on(make_ba
     hung.gate.set()  # the send returns at last: the lane delivers its spool, oldest first
     ids.append(batcher.emit("E", {"n": 101}, worker="w").id)
     assert hung.wait_for(1 + 102, timeout=10)  # n=0 went through late: the spool has it too
-    assert _wait(lambda: batcher.stats()["sinks"]["hung"]["state"] == "healthy")
+    assert eventually(lambda: batcher.stats()["sinks"]["hung"]["state"] == "healthy")
     assert batcher.flush(timeout=10).complete
     assert [e.data["n"] for e in hung.events] == [0] + list(range(102))
     assert {e.id for e in hung.events} == set(ids)  # a sink that dedupes by id stores each once
@@ -125,7 +117,7 @@ def test_a_retry_that_succeeds_as_the_lane_fills_is_not_spooled_again(make_batch
     sink = OnceDown("once")
     batcher = make_batcher([sink], use_batching=False, lane_max_events=1, retry_delay=1.0)
     batcher.emit("E", {"n": 0}, worker="w")
-    assert _wait(lambda: batcher.stats()["sinks"]["once"]["retries"] == 1)  # n=0 waits >= 1 s for its retry
+    assert eventually(lambda: batcher.stats()["sinks"]["once"]["retries"] == 1)  # n=0 waits >= 1 s for its retry
     for n in (1, 2):  # n=1 fills the lane; n=2 finds it full while retrying
         batcher.emit("E", {"n": n}, worker="w")
     assert batcher.flush(timeout=10).complete
@@ -168,7 +160,7 @@ def test_a_failing_sink_is_isolated_spooled_in_order_then_delivered(make_batcher
     batcher.emit("E", {"n": 50}, worker="w")
     assert down.wait_for(51, timeout=10)
     assert [e.data["n"] for e in down.events] == list(range(51))
-    assert _wait(lambda: batcher.stats()["sinks"]["broken"]["spool_events"] == 0)
+    assert eventually(lambda: batcher.stats()["sinks"]["broken"]["spool_events"] == 0)
     assert batcher.stats()["sinks"]["broken"]["state"] == "healthy"
     assert calls < 50
 
@@ -202,7 +194,7 @@ def test_while_its_batch_waits_for_a_retry_a_full_lane_spools_and_the_producers_
                            overflow="block", block_timeout=0.2, max_retries=5, retry_delay=1.0,
                            retry_max_delay=1.0)
     batcher.emit("E", {"n": 0}, worker="w")
-    assert _wait(lambda: batcher.stats()["sinks"]["broken"]["retries"] >= 1)
+    assert eventually(lambda: batcher.stats()["sinks"]["broken"]["retries"] >= 1)
     for n in range(1, 100):  # waiting out the retries, this would raise QueueFullError
         batcher.emit("E", {"n": n}, worker="w")
     result = batcher.flush(timeout=10)
@@ -211,7 +203,7 @@ def test_while_its_batch_waits_for_a_retry_a_full_lane_spools_and_the_producers_
     assert batcher.stats()["sinks"]["broken"]["state"] == "failing"  # spooling: never "healthy"
     down.broken.clear()
     assert down.wait_for(100, timeout=10)
-    assert _wait(lambda: batcher.stats()["sinks"]["broken"]["spool_events"] == 0)
+    assert eventually(lambda: batcher.stats()["sinks"]["broken"]["spool_events"] == 0)
     # in order, and each once: the batch taken away was not sent again by its retries
     assert [e.data["n"] for e in down.events] == list(range(100))
 
@@ -230,7 +222,7 @@ def test_an_error_of_the_lanes_own_costs_its_batch_not_the_lane(make_batcher, de
 
     monkeypatch.setattr(lane, "_finish", broken_once)
     batcher.emit("E", {"n": 1}, worker="w")
-    assert _wait(lambda: [r["reason"] for r in dead_letter.read()] == ["internal_error"])
+    assert eventually(lambda: [r["reason"] for r in dead_letter.read()] == ["internal_error"])
     assert "the lane failed on its own" in caplog.text
     batcher.emit("E", {"n": 2}, worker="w")
     result = batcher.flush(timeout=10)
@@ -317,7 +309,7 @@ def test_close_from_inside_a_sink_returns_and_a_later_close_finishes_promptly(ma
     sink = Closing("closing")
     batcher = make_batcher([sink], use_batching=False)
     batcher.emit("E", {"n": 0}, worker="w")
-    assert _wait(lambda: bool(results), timeout=5), "close() from inside the sink did not return"
+    assert eventually(lambda: bool(results), timeout=5), "close() from inside the sink did not return"
     start = time.monotonic()
     assert batcher.close(timeout=10).pending == 0
     assert time.monotonic() - start < 2.0  # not the full timeout
@@ -340,7 +332,7 @@ def test_batchers_nobody_references_are_closed_and_deliver(tmp_path):
     del batcher
     gc.collect()
     assert all(s.wait_for(1, timeout=20) for s in sinks), "an orphaned batcher lost its event"
-    assert _wait(lambda: _thread_count() <= threads_before + 2, timeout=20), _thread_count()
+    assert eventually(lambda: _thread_count() <= threads_before + 2, timeout=20), _thread_count()
     assert {s: len(s.receivers) for s in signals.standard_signals()} == receivers_before
     assert all(s.closed for s in sinks)
     start = time.perf_counter()
